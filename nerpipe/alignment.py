@@ -1,0 +1,103 @@
+"""Tokenize words into sub-tokens, split long sentences into overlapping windows, align labels.
+
+Label alignment follows transformers' run_ner.py: the first sub-token of a word carries the word's
+label; special tokens and later sub-tokens get -100 (ignored by the loss), or, with
+`label_all_tokens`, the word's I- label. Unlike run_ner.py nothing is truncated: a sentence longer
+than `max_length` sub-tokens becomes several windows that share `overlap` sub-tokens of context,
+and each word is *owned* (labelled for training, read back at prediction) by exactly one window.
+"""
+
+IGNORE = -100
+
+
+def plan_windows(subtoken_counts, budget, overlap):
+    """Split words into windows of at most `budget` sub-tokens.
+
+    Returns a list of (start, end, own_start, own_end) word indices: the window covers words
+    [start, end) and owns [own_start, own_end); owned ranges tile the sentence exactly once.
+    A single word longer than the budget gets a window of its own (its sub-tokens are cut later).
+    """
+    n = len(subtoken_counts)
+    spans, start = [], 0
+    while start < n:
+        end, used = start, 0
+        while end < n and used + subtoken_counts[end] <= budget:
+            used += subtoken_counts[end]
+            end += 1
+        end = max(end, start + 1)
+        spans.append((start, end))
+        if end == n:
+            break
+        # Step back so the next window starts with up to `overlap` sub-tokens of left context.
+        nxt, shared = end, 0
+        while nxt - 1 > start and shared + subtoken_counts[nxt - 1] <= overlap:
+            nxt -= 1
+            shared += subtoken_counts[nxt]
+        start = nxt
+    windows = []
+    for i, (s, e) in enumerate(spans):
+        # Words in an overlap belong to the window where they sit further from the edge.
+        own_start = 0 if i == 0 else (s + spans[i - 1][1]) // 2
+        own_end = n if i == len(spans) - 1 else (spans[i + 1][0] + e) // 2
+        windows.append((s, e, own_start, own_end))
+    return windows
+
+
+def to_inside(label):
+    return "I-" + label[2:] if label.startswith("B-") else label
+
+
+def word_subtokens(tokenizer, sentences_words):
+    """Sub-token ids per word, batched through the fast tokenizer.
+
+    A word the tokenizer maps to nothing (a lone zero-width space or control character) is given
+    the unknown token, so it keeps its position, its label and its score.
+    """
+    encoded = tokenizer(sentences_words, is_split_into_words=True, add_special_tokens=False)
+    out = []
+    for i, words in enumerate(sentences_words):
+        per_word = [[] for _ in words]
+        for token_id, word_id in zip(encoded["input_ids"][i], encoded.word_ids(i)):
+            per_word[word_id].append(token_id)
+        for pieces in per_word:
+            if not pieces:
+                pieces.append(tokenizer.unk_token_id)
+        out.append(per_word)
+    return out
+
+
+def build_examples(tokenizer, batch, label2id, max_length, overlap, label_all_tokens):
+    """`datasets.map(batched=True)` function: sentences in, one row per window out."""
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    out = {"input_ids": [], "labels": [], "word_index": [], "sentence_id": [], "length": []}
+    per_sentence = word_subtokens(tokenizer, batch["words"])
+    for sentence_id, tags, pieces in zip(batch["sentence_id"], batch["tags"], per_sentence):
+        counts = [min(len(p), budget) for p in pieces]
+        for start, end, own_start, own_end in plan_windows(counts, budget, overlap):
+            ids, labels, word_index = [], [], []
+            for w in range(start, end):
+                owned = own_start <= w < own_end
+                for k, token_id in enumerate(pieces[w][:budget]):
+                    ids.append(token_id)
+                    if not owned:
+                        labels.append(IGNORE)
+                    elif k == 0:
+                        labels.append(label2id[tags[w]])
+                    else:
+                        labels.append(label2id[to_inside(tags[w])] if label_all_tokens else IGNORE)
+                    word_index.append(w if owned and k == 0 else -1)
+            # Specials carry no label and no word; build_inputs adds [CLS]/[SEP] or the model's own.
+            full = tokenizer.build_inputs_with_special_tokens(ids)
+            lead = _leading_specials(tokenizer)
+            trail = len(full) - len(ids) - lead
+            out["input_ids"].append(full)
+            out["labels"].append([IGNORE] * lead + labels + [IGNORE] * trail)
+            out["word_index"].append([-1] * lead + word_index + [-1] * trail)
+            out["sentence_id"].append(sentence_id)
+            out["length"].append(len(full))
+    return out
+
+
+def _leading_specials(tokenizer):
+    probe = tokenizer.build_inputs_with_special_tokens([tokenizer.unk_token_id])
+    return probe.index(tokenizer.unk_token_id)

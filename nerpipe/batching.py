@@ -1,0 +1,73 @@
+"""Length-grouped batches with dynamic padding, read straight from Arrow without per-example Python.
+
+Padding every batch to `max_length` wastes most of the compute on CoNLL (median sentence ~14
+sub-tokens). Grouping sentences of similar length and padding each batch only to its own longest
+row removes nearly all of that waste.
+"""
+
+import numpy as np
+import torch
+
+from nerpipe.alignment import IGNORE
+
+
+class RaggedColumn:
+    """A list-of-ints Arrow column as one flat numpy array plus offsets: row i is values[o[i]:o[i+1]]."""
+
+    def __init__(self, dataset, name):
+        column = dataset.data.table.column(name).combine_chunks()
+        self.values = column.values.to_numpy(zero_copy_only=False)
+        self.offsets = column.offsets.to_numpy()
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def row(self, i):
+        return self.values[self.offsets[i]:self.offsets[i + 1]]
+
+    def lengths(self):
+        return np.diff(self.offsets)
+
+
+def length_grouped_batches(lengths, batch_size, seed, epoch, group_size=50):
+    """Indices of each batch for one epoch, a pure function of (seed, epoch) so a run can resume.
+
+    Shuffle, cut into groups of `group_size` batches, sort each group by length, cut the group into
+    batches, then shuffle the batch order: similar lengths share a batch, yet the model never sees
+    a length-sorted stream.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * group_size
+    batches = []
+    for start in range(0, len(order), chunk):
+        group = order[start:start + chunk]
+        group = group[np.argsort(-lengths[group], kind="stable")]
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def sorted_batches(lengths, batch_size):
+    """Batches for inference: longest first, so the largest allocation happens once, up front."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(indices, input_ids, pad_id, labels=None, pad_to_multiple_of=1):
+    """Pad the rows `indices` to their own longest length -> dict of (batch, seq_len) tensors."""
+    rows = [input_ids.row(i) for i in indices]
+    width = max(len(r) for r in rows)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)] = r
+        mask[j, :len(r)] = 1
+    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if labels is not None:
+        lab = np.full((len(rows), width), IGNORE, dtype=np.int64)
+        for j, i in enumerate(indices):
+            r = labels.row(i)
+            lab[j, :len(r)] = r
+        batch["labels"] = torch.from_numpy(lab)
+    return batch

@@ -1,0 +1,124 @@
+"""Read and write CoNLL-2003 files: validate every line, keep document ids, convert IOB1 to IOB2.
+
+Format (see the data README): one token per line, columns separated by whitespace, the NER tag in
+the last column; a blank line ends a sentence; `-DOCSTART-` lines start documents and are not
+sentences. CRLF line endings, tabs, extra blank lines and files already in IOB2 are accepted.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nerpipe.errors import UserError
+
+ENTITY_TYPES = ("PER", "LOC", "ORG", "MISC")
+TAG_PATTERN = re.compile(r"^(O|[BI]-(?:%s))$" % "|".join(ENTITY_TYPES))
+
+
+@dataclass
+class Sentence:
+    words: list = field(default_factory=list)
+    tags: list = field(default_factory=list)
+    doc_id: int = 0
+    line: int = 0
+    """1-based line number of the sentence's first token in its file."""
+
+
+def _decode(raw, path, lineno):
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not "
+                        "valid UTF-8; re-encode the file as UTF-8") from None
+
+
+def read_conll(path):
+    """Parse one CoNLL file into sentences; raise UserError naming file:line on the first bad line."""
+    path = Path(path)
+    try:
+        raw_lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()  # the newline that ends the last line does not start another one
+    sentences, current, doc_id, n_columns = [], Sentence(), -1, None
+    for lineno, raw in enumerate(raw_lines, start=1):
+        line = _decode(raw, path, lineno).rstrip("\r\n")
+        columns = line.split()
+        if not columns:
+            if current.words:
+                sentences.append(current)
+            current = Sentence(doc_id=max(doc_id, 0))
+            continue
+        if columns[0] == "-DOCSTART-":
+            doc_id += 1
+            current.doc_id = doc_id
+            continue
+        if n_columns is None:
+            n_columns = len(columns)
+        if len(columns) < 2 or len(columns) != n_columns:
+            raise UserError(f"{path}:{lineno}: found {len(columns)} column(s) in {line!r}; expected "
+                            f"{max(n_columns, 2)} like the file's first token line (word ... NER-tag)")
+        tag = columns[-1]
+        if not TAG_PATTERN.match(tag):
+            raise UserError(f"{path}:{lineno}: unknown NER tag {tag!r} in the last column; expected O or "
+                            f"B-/I- followed by one of {', '.join(ENTITY_TYPES)}")
+        if not current.words:
+            current.line, current.doc_id = lineno, max(doc_id, 0)
+        current.words.append(columns[0])
+        current.tags.append(tag)
+    if current.words:
+        sentences.append(current)
+    check_split_usable(sentences, path)
+    return sentences
+
+
+def check_split_usable(sentences, path):
+    if not sentences:
+        raise UserError(f"{path}: no sentences found; expected CoNLL lines 'word POS chunk NER-tag'")
+    if all(tag == "O" for s in sentences for tag in s.tags):
+        raise UserError(f"{path}: {len(sentences)} sentences but not one entity tag; is this the right file?")
+
+
+def iob1_to_iob2(tags):
+    """IOB1 marks B- only between two adjacent entities of one type; IOB2 starts every entity with B-.
+
+    Idempotent: a sequence already in IOB2 comes back unchanged.
+    """
+    out = []
+    for i, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            prev = out[i - 1] if i else "O"
+            if prev == "O" or prev[2:] != tag[2:]:
+                tag = "B-" + tag[2:]
+        out.append(tag)
+    return out
+
+
+def label_list(tag_sequences):
+    """O first, then B-/I- per entity type in sorted order: a stable id mapping for the model config."""
+    types = sorted({tag[2:] for tags in tag_sequences for tag in tags if tag != "O"})
+    return ["O"] + [f"{prefix}-{t}" for t in types for prefix in ("B", "I")]
+
+
+def format_predictions(sentences_words, gold_tags, pred_tags):
+    """CoNLL text `word gold pred`, a blank line after each sentence: the input conlleval reads."""
+    lines = []
+    for words, gold, pred in zip(sentences_words, gold_tags, pred_tags):
+        lines += [f"{w} {g} {p}" for w, g, p in zip(words, gold, pred)]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def read_predictions(path):
+    """Read a `word gold pred` file back: (words, gold, pred), each a list of per-sentence lists."""
+    words, gold, pred, sentence = [], [], [], []
+    for line in list(Path(path).read_text(encoding="utf-8").splitlines()) + [""]:
+        if line.strip():
+            sentence.append(line.split())
+        elif sentence:
+            words.append([c[0] for c in sentence])
+            gold.append([c[-2] for c in sentence])
+            pred.append([c[-1] for c in sentence])
+            sentence = []
+    return words, gold, pred

@@ -1,0 +1,18 @@
+"""The one exception type for bad input that a user can fix; stages print it without a traceback."""
+
+import sys
+from contextlib import contextmanager
+
+
+class UserError(Exception):
+    """Bad input (data, params, model name): the message names the file/line/key and what to do."""
+
+
+@contextmanager
+def exit_on_user_error():
+    """Turn a UserError into a one-paragraph message on stderr and exit code 2, no traceback."""
+    try:
+        yield
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,83 @@
+"""Load tokenizers and token-classification models safely: safetensors only, never remote code."""
+
+import os
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+from nerpipe.errors import UserError
+
+SAFE = {"trust_remote_code": False}
+
+
+def _explain(name, err):
+    hint = ("it is neither a local directory nor a model id the Hugging Face hub answered for "
+            "(offline? set model.name to a local model directory, e.g. `make repro MODEL=/path/to/model`)")
+    if os.path.isdir(name):
+        hint = "the directory exists but holds no loadable model (config.json, safetensors weights, tokenizer)"
+    return UserError(f"model.name {name!r}: {hint}.\n  cause: {type(err).__name__}: {str(err).splitlines()[0]}")
+
+
+def load_config(name):
+    try:
+        config = AutoConfig.from_pretrained(name, **SAFE)
+    except (OSError, ValueError) as err:
+        raise _explain(name, err) from None
+    if type(config) not in AutoModelForTokenClassification._model_mapping:
+        raise UserError(f"model.name {name!r}: model type {config.model_type!r} has no token-classification "
+                        "head in transformers; use a BERT-family encoder (bert, roberta, deberta, ...)")
+    return config
+
+
+def load_tokenizer(name):
+    load_config(name)  # fail on a wrong model before any data work, with the name in the message
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **SAFE)
+    except (OSError, ValueError) as err:
+        raise _explain(name, err) from None
+    if not tokenizer.is_fast:
+        raise UserError(f"model.name {name!r}: needs a fast (Rust) tokenizer for word alignment")
+    return tokenizer
+
+
+def load_for_training(name, labels, dropout, seed):
+    """Pretrained encoder with a fresh head of len(labels) outputs, seeded so the head is reproducible."""
+    load_config(name)
+    transformers.set_seed(seed)
+    id2label = dict(enumerate(labels))
+    try:
+        return AutoModelForTokenClassification.from_pretrained(
+            name, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout,
+            use_safetensors=True, **SAFE)
+    except (OSError, ValueError) as err:
+        raise _explain(name, err) from None
+
+
+def load_trained(directory):
+    try:
+        return AutoModelForTokenClassification.from_pretrained(directory, use_safetensors=True, **SAFE)
+    except (OSError, ValueError) as err:
+        raise _explain(str(directory), err) from None
+
+
+def set_trainable(model, top_layers):
+    """top_layers: -1 trains everything, 0 only the classifier head, N the head and the top N layers."""
+    if top_layers < 0:
+        return
+    for p in model.base_model.parameters():
+        p.requires_grad = False
+    layers = model.base_model.encoder.layer
+    for layer in list(layers)[len(layers) - top_layers:] if top_layers else []:
+        for p in layer.parameters():
+            p.requires_grad = True
+
+
+def count_parameters(model):
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def pick_device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

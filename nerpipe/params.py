@@ -1,0 +1,257 @@
+"""Typed, validated params: one dataclass per params.yaml section, every problem reported at once.
+
+params.yaml is read with YAML 1.2 rules (ruamel.yaml), so `lr: 3e-05` -- what
+`dvc exp run -S lr=3e-5` writes -- is the float 3e-05, not the string PyYAML's safe_load returns.
+"""
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from nerpipe.errors import UserError
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class DataParams:
+    source: str = "https://raw.githubusercontent.com/synalp/NER/master/corpus/CoNLL-2003"
+    """An http(s) URL holding eng.train/eng.testa/eng.testb, or a local directory holding those
+    files (or train.txt/valid.txt/test.txt)."""
+    sha256: dict = field(default_factory=dict)
+    """Expected sha256 of each split (keys train, valid, test); data that does not match is refused."""
+
+    def problems(self):
+        missing = [s for s in SPLITS if s not in self.sha256]
+        extra = [k for k in self.sha256 if k not in SPLITS]
+        bad = [k for k, v in self.sha256.items() if not (isinstance(v, str) and len(v) == 64)]
+        out = []
+        if missing:
+            out.append(f"data.sha256: missing {', '.join(missing)} (need one sha256 per split)")
+        if extra:
+            out.append(f"data.sha256: unknown split(s) {', '.join(extra)}; expected {', '.join(SPLITS)}")
+        if bad:
+            out.append(f"data.sha256.{bad[0]}: expected a 64-character hex sha256 string")
+        return out
+
+
+@dataclass
+class ModelParams:
+    name: str = "bert-base-cased"
+    """Hugging Face hub id or local directory of a BERT-family encoder with a fast tokenizer."""
+
+    def problems(self):
+        return [] if self.name.strip() else ["model.name: must not be empty"]
+
+
+@dataclass
+class PrepareParams:
+    max_length: int = 128
+    """Sub-tokens per model input, special tokens included; longer sentences become windows."""
+    window_overlap: int = 32
+    """Sub-tokens of context two neighbouring windows of one long sentence share."""
+    label_all_tokens: bool = False
+    """Label later sub-tokens of a word with its I- label instead of -100 (run_ner.py's flag)."""
+    max_train_sentences: int = 0
+    """Use only the first N training sentences (0: all); for quick profiles."""
+
+    def problems(self):
+        out = []
+        if not 8 <= self.max_length <= 8192:
+            out.append(f"prepare.max_length: {self.max_length} is out of range 8..8192")
+        if not 0 <= self.window_overlap <= self.max_length // 2:
+            out.append(f"prepare.window_overlap: {self.window_overlap} must be in 0..max_length/2 "
+                       f"({self.max_length // 2})")
+        if self.max_train_sentences < 0:
+            out.append("prepare.max_train_sentences: must be >= 0 (0 means all)")
+        return out
+
+
+@dataclass
+class TrainParams:
+    epochs: int = 3
+    """Passes over the training data (an upper bound when max_steps or early stopping ends first)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: no limit)."""
+    batch_size: int = 32
+    """Sentences (windows) per forward pass."""
+    grad_accum_steps: int = 1
+    """Forward passes per optimizer step."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, not applied to biases and LayerNorm weights."""
+    warmup_ratio: float = 0.1
+    """Fraction of optimizer steps with linear warmup; then linear decay to 0."""
+    dropout: float = 0.1
+    """Hidden and attention dropout of the encoder and the classifier."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0: no clipping)."""
+    seed: int = 42
+    """Seeds the head initialisation, dropout and data order."""
+    trainable: str = "all"
+    """Which parameters train: 'all', 'head' (classifier only) or 'top-N' (head + top N layers)."""
+    eval_every_steps: int = 0
+    """Evaluate dev F1 every N optimizer steps (0: once per epoch)."""
+    patience: int = 2
+    """Stop after this many evaluations without a better dev F1 (0: never stop early)."""
+    checkpoint_every: int = 200
+    """Write a resumable checkpoint every N optimizer steps (0: never)."""
+    bf16: str = "auto"
+    """bf16 autocast: 'auto' (on CUDA only), 'on' or 'off'."""
+
+    def problems(self):
+        out = []
+        positive = ("epochs", "batch_size", "grad_accum_steps")
+        out += [f"train.{k}: must be >= 1, got {getattr(self, k)}" for k in positive if getattr(self, k) < 1]
+        non_negative = ("max_steps", "weight_decay", "warmup_ratio", "max_grad_norm", "eval_every_steps",
+                        "patience", "checkpoint_every", "seed")
+        out += [f"train.{k}: must be >= 0, got {getattr(self, k)}" for k in non_negative if getattr(self, k) < 0]
+        if not 0 <= self.dropout < 1:
+            out.append(f"train.dropout: must be in [0, 1), got {self.dropout}")
+        if self.warmup_ratio > 1:
+            out.append(f"train.warmup_ratio: must be in [0, 1], got {self.warmup_ratio}")
+        if self.trainable_layers() is None:
+            out.append(f"train.trainable: {self.trainable!r} is not 'all', 'head' or 'top-N' (e.g. top-2)")
+        if self.bf16 not in ("auto", "on", "off"):
+            out.append(f"train.bf16: {self.bf16!r} is not 'auto', 'on' or 'off'")
+        return out
+
+    def trainable_layers(self):
+        """Encoder layers to train counted from the top: 'all' -> -1, 'head' -> 0, 'top-N' -> N, bad -> None."""
+        if self.trainable == "all":
+            return -1
+        if self.trainable == "head":
+            return 0
+        prefix, _, n = self.trainable.partition("-")
+        return int(n) if prefix == "top" and n.isdigit() and int(n) > 0 else None
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = 64
+    """Windows per forward pass when predicting."""
+
+    def problems(self):
+        return [] if self.batch_size >= 1 else [f"evaluate.batch_size: must be >= 1, got {self.batch_size}"]
+
+
+@dataclass
+class MlflowParams:
+    experiment: str = "conll2003-ner"
+    """MLflow experiment every run is recorded in."""
+    register_model: str = ""
+    """If not empty, register the trained model in the MLflow model registry under this name."""
+
+    def problems(self):
+        return [] if self.experiment.strip() else ["mlflow.experiment: must not be empty"]
+
+
+@dataclass
+class Params:
+    lr: float = 5e-5
+    """Peak AdamW learning rate (top level so `dvc exp run -S lr=3e-5` works as written)."""
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+
+    def problems(self):
+        out = [] if self.lr > 0 else [f"lr: must be > 0, got {self.lr}"]
+        for f in dataclasses.fields(self):
+            if f.name != "lr":
+                out += getattr(self, f.name).problems()
+        return out
+
+
+def _type_name(tp):
+    return {float: "a number", int: "an integer", bool: "true/false", str: "a string", dict: "a mapping"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value, tp):
+    """Return (value, ok). YAML 1.2 already gives floats for 3e-05; ints are fine where floats are."""
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (float(value) if ok else value), ok
+    if tp is int:
+        return value, isinstance(value, int) and not isinstance(value, bool)
+    if tp is dict:
+        return (dict(value) if isinstance(value, dict) else value), isinstance(value, dict)
+    return value, isinstance(value, tp)
+
+
+def _build(cls, raw, prefix, problems):
+    """Build dataclass `cls` from mapping `raw`, appending a message per bad key to `problems`."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.') or 'params'}: expected a mapping, got {raw!r}")
+        return cls()
+    for key in raw:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(prefix + n for n in near)}?" if near else ""
+            problems.append(f"{prefix}{key}: unknown key{hint} (valid keys: {', '.join(prefix + n for n in names)})")
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw[name], f"{prefix}{name}.", problems)
+            continue
+        value, ok = _coerce(raw[name], tp)
+        if ok:
+            values[name] = value
+        else:
+            problems.append(f"{prefix}{name}: expected {_type_name(tp)}, got {raw[name]!r}")
+    return cls(**values)
+
+
+def parse_params(raw, source="params.yaml"):
+    """Validate a params mapping; raise one UserError listing every problem."""
+    problems = []
+    params = _build(Params, raw or {}, "", problems)
+    # Keys with a bad type kept their defaults, so the range checks below are still meaningful.
+    problems += params.problems()
+    if problems:
+        raise UserError(f"{source} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+    return params
+
+
+def read_yaml(path):
+    """Read a YAML file with YAML 1.2 rules; a syntax error names the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as err:
+        raise UserError(f"{path}: not valid YAML: {err}") from None
+
+
+def load_params(path="params.yaml"):
+    return parse_params(read_yaml(path), source=str(path))
+
+
+def flatten(params):
+    """`{'train.weight_decay': 0.01, ...}` -- the flat key names MLflow and DVC use."""
+    out = {}
+
+    def walk(obj, prefix):
+        for key, value in obj.items():
+            if isinstance(value, dict) and value:
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(dataclasses.asdict(params), "")
+    return out

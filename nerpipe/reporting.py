@@ -1,0 +1,82 @@
+"""Build reports/report.md and its figures from the metrics, history and predictions files."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+TYPES = ("PER", "LOC", "ORG", "MISC")
+
+
+def plot_learning_curve(history, dev_eval, path):
+    fig, loss_ax = plt.subplots(figsize=(7, 4))
+    loss_ax.plot(history["step"], history["loss"], color="tab:blue", label="train loss")
+    loss_ax.set_xlabel("optimizer step")
+    loss_ax.set_ylabel("train loss", color="tab:blue")
+    f1_ax = loss_ax.twinx()
+    f1_ax.plot(dev_eval["step"], dev_eval["dev_f1"], "o-", color="tab:orange", label="dev F1")
+    f1_ax.set_ylabel("dev entity F1 (conlleval)", color="tab:orange")
+    f1_ax.set_ylim(0, 1)
+    fig.suptitle("Learning curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_confusion(confusion, path):
+    order = [t for t in (*TYPES, "O") if t in set(confusion["actual"]) | set(confusion["predicted"])]
+    table = pd.crosstab(confusion["actual"], confusion["predicted"]).reindex(index=order, columns=order,
+                                                                             fill_value=0)
+    share = table.div(table.sum(axis=1).clip(lower=1), axis=0)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.imshow(share.values, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(order)), order)
+    ax.set_yticks(range(len(order)), order)
+    ax.set_xlabel("predicted type")
+    ax.set_ylabel("gold type")
+    for i in range(len(order)):
+        for j in range(len(order)):
+            ax.text(j, i, f"{table.values[i, j]:,}", ha="center", va="center",
+                    color="white" if share.values[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_title("Test words by entity type (row-normalised colour)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _pct(x):
+    return f"{100 * x:.2f}"
+
+
+def headline_table(metrics):
+    """Dev/test P/R/F1 overall and per type, conlleval mode, and F1 before fine-tuning."""
+    rows = ["| split | type | precision | recall | F1 | F1 strict | F1 before fine-tuning | support |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for split in ("dev", "test"):
+        lenient, strict = metrics[split]["conlleval"], metrics[split]["strict"]
+        before = metrics["before_finetuning"][split]["conlleval"]
+        rows.append(f"| {split} | **all** | {_pct(lenient['precision'])} | {_pct(lenient['recall'])} | "
+                    f"**{_pct(lenient['f1'])}** | {_pct(strict['f1'])} | {_pct(before['f1'])} | {lenient['support']} |")
+        for t, s in lenient["per_type"].items():
+            strict_f1 = strict["per_type"].get(t, {}).get("f1", 0.0)
+            before_f1 = before["per_type"].get(t, {}).get("f1", 0.0)
+            rows.append(f"| {split} | {t} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | "
+                        f"{_pct(strict_f1)} | {_pct(before_f1)} | {s['support']} |")
+    return "\n".join(rows)
+
+
+def errors_section(summary):
+    lines = []
+    for kind in summary:
+        pairs = ", ".join(f"{p} ({n})" for p, n in kind["top_pairs"])
+        lines.append(f"### {kind['description']}: {kind['count']}\n\nMost common (gold -> predicted): {pairs}\n")
+        for ex in kind["examples"]:
+            lines.append(f"- gold: {ex['gold']}\n  <br>pred: {ex['pred']}")
+        lines.append("")
+    return "\n".join(lines) if lines else "No entity errors on the test set."
+
+
+def timings_table(timings):
+    rows = ["| stage | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    return "\n".join(rows)

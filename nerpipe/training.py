@@ -1,0 +1,224 @@
+"""The training loop: AdamW, linear warmup/decay, length-grouped dynamic batches, dev F1 evaluation,
+early stopping, best-by-dev-F1 model, resumable checkpoints and a clean stop on Ctrl-C.
+
+A plain loop rather than the HF Trainer: it is short enough to read in one sitting, and it is faster
+on CPU (see BENCHMARKS.md).
+"""
+
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from nerpipe.batching import collate, length_grouped_batches
+from nerpipe.inference import autocast, predict_tags
+from nerpipe.scoring import entity_scores
+
+LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that a resumed run needs to continue exactly where it stopped."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_dev_f1: float = -1.0
+    best_step: int = 0
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    sentences_seen: int = 0
+    tokens_seen: int = 0
+    loss_sum: float = 0.0  # since the last history row
+    loss_steps: int = 0
+    history: list = field(default_factory=list)  # rows: step, epoch, loss, lr
+    dev_evals: list = field(default_factory=list)  # rows: step, epoch, dev_f1, dev_precision, dev_recall
+
+
+@dataclass
+class DevSet:
+    examples: object  # inference.WindowedExamples
+    words: list
+    gold: list
+    id2label: dict
+    batch_size: int
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the end of the step and then stops."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stop requested: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+class Interrupted(Exception):
+    """Training stopped on request after writing a checkpoint; `dvc repro` resumes from it."""
+
+
+def use_bf16(setting, device):
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def build_optimizer(model, lr, weight_decay, device):
+    """AdamW; biases and LayerNorm weights get no weight decay (as in BERT's original recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"  # the fused kernel exists only for accelerators
+    return torch.optim.AdamW(groups, lr=lr, fused=fused, foreach=None if fused else True)
+
+
+def plan_steps(n_examples, cfg):
+    batches_per_epoch = math.ceil(n_examples / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
+    total = steps_per_epoch * cfg.epochs
+    return steps_per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def train_step(model, group, train, pad_id, device, bf16):
+    """One optimizer step's forward/backward over `group` (grad-accumulation micro-batches).
+
+    The loss is summed over labelled tokens and divided by their total count in the whole step, so
+    every labelled token weighs the same however the step is split into micro-batches.
+    """
+    n_tokens = sum(int((train.labels.row(i) >= 0).sum()) for batch in group for i in batch)
+    pad_multiple = 8 if device.type == "cuda" else 1
+    total = 0.0
+    for indices in group:
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(
+            indices, train.input_ids, pad_id, train.labels, pad_multiple).items()}
+        labels = batch.pop("labels")
+        with autocast(device, bf16):
+            logits = model(**batch).logits  # (batch, seq_len, num_labels)
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / max(n_tokens, 1)
+        loss.backward()
+        total += loss.item()
+    return total, sum(len(b) for b in group), sum(int(train.input_ids.lengths()[b].sum()) for b in group)
+
+
+def evaluate_dev(model, dev, pad_id, device, bf16):
+    pred = predict_tags(model, dev.examples, dev.words, dev.id2label, pad_id, dev.batch_size, device, bf16,
+                        desc="dev", progress=False)
+    return entity_scores(dev.gold, pred)
+
+
+def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lambda metrics, step: None):
+    """Train `model` in place; returns the final TrainState. The best model is in checkpoints.best_dir."""
+    bf16 = use_bf16(cfg.bf16, device)
+    optimizer = build_optimizer(model, lr, cfg.weight_decay, device)
+    steps_per_epoch, total_steps = plan_steps(len(train), cfg)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    state = checkpoints.resume(model, optimizer, scheduler) or TrainState()
+    eval_every = cfg.eval_every_steps or steps_per_epoch
+    lengths = train.input_ids.lengths()
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    with StopRequest() as stop:
+        while state.epoch < cfg.epochs and not _finished(state, total_steps):
+            batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
+            groups = [batches[i:i + cfg.grad_accum_steps] for i in range(0, len(batches), cfg.grad_accum_steps)]
+            while state.step_in_epoch < len(groups) and not _finished(state, total_steps):
+                model.train()
+                started = time.perf_counter()
+                loss, n_sentences, n_tokens = train_step(model, groups[state.step_in_epoch], train, pad_id,
+                                                         device, bf16)
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.train_seconds += time.perf_counter() - started
+                state.step += 1
+                state.step_in_epoch += 1
+                state.sentences_seen += n_sentences
+                state.tokens_seen += n_tokens
+                state.loss_sum += loss
+                state.loss_steps += 1
+                end_of_epoch = state.step_in_epoch == len(groups)
+                last = end_of_epoch or state.step >= total_steps
+                progress = round(state.epoch + state.step_in_epoch / len(groups), 4)  # fractional epoch
+                if state.step % LOG_EVERY == 0 or last:
+                    _log_loss(state, progress, scheduler.get_last_lr()[0], on_metrics)
+                if state.step % eval_every == 0 or last:
+                    _evaluate(model, dev, pad_id, device, bf16, state, progress, checkpoints, cfg, on_metrics)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                dev_f1=f"{state.best_dev_f1:.4f}" if state.dev_evals else "-")
+                if end_of_epoch:
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                if stop.requested or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
+                    checkpoints.save(model, optimizer, scheduler, state)
+                if stop.requested:
+                    bar.close()
+                    raise Interrupted(f"stopped at step {state.step}; the checkpoint in {checkpoints.directory} "
+                                      "resumes on the next `dvc repro`")
+                if end_of_epoch:
+                    break
+    bar.close()
+    return state
+
+
+def _finished(state, total_steps):
+    return state.stopped_early or state.step >= total_steps
+
+
+def _log_loss(state, epoch, lr, on_metrics):
+    loss = state.loss_sum / max(state.loss_steps, 1)
+    state.history.append({"step": state.step, "epoch": epoch, "loss": round(loss, 6),
+                          "lr": lr})
+    state.loss_sum, state.loss_steps = 0.0, 0
+    on_metrics({"train_loss": loss, "learning_rate": lr}, state.step)
+
+
+def _evaluate(model, dev, pad_id, device, bf16, state, epoch, checkpoints, cfg, on_metrics):
+    scores = evaluate_dev(model, dev, pad_id, device, bf16)
+    state.dev_evals.append({"step": state.step, "epoch": epoch,
+                            "dev_f1": scores["f1"], "dev_precision": scores["precision"],
+                            "dev_recall": scores["recall"]})
+    on_metrics({"dev_f1": scores["f1"], "dev_precision": scores["precision"], "dev_recall": scores["recall"]},
+               state.step)
+    if scores["f1"] > state.best_dev_f1:
+        state.best_dev_f1, state.best_step, state.evals_since_best = scores["f1"], state.step, 0
+        checkpoints.save_best(model)
+    else:
+        state.evals_since_best += 1
+        if cfg.patience and state.evals_since_best >= cfg.patience:
+            state.stopped_early = True
+            tqdm.write(f"early stopping at step {state.step}: dev F1 has not improved for {cfg.patience} "
+                       f"evaluations (best {state.best_dev_f1:.4f} at step {state.best_step})")
+
+
+def summary(state, total_steps):
+    """The numbers train_metrics.json holds."""
+    return {"steps": state.step, "planned_steps": total_steps, "epochs_completed": state.epoch,
+            "best_dev_f1": state.best_dev_f1, "best_step": state.best_step, "stopped_early": state.stopped_early,
+            "train_seconds": round(state.train_seconds, 3),
+            "train_sentences_per_second": round(state.sentences_seen / max(state.train_seconds, 1e-9), 2),
+            "train_subtokens_per_second": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)}
+
+
+def state_dict_of(state):
+    return asdict(state)

@@ -1,0 +1,61 @@
+"""Stage `evaluate`: predict dev and test with the trained model and score them with seqeval.
+
+    python stages/evaluate.py --data data/prepared --model data/model \
+        --untrained reports/untrained/metrics.json --out reports/eval
+
+Writes metrics.json (entity P/R/F1 micro and per type in conlleval and strict IOB2 modes, token
+accuracy and per-tag report, before-fine-tuning F1), confusion_test.csv (per-type confusion, a DVC
+plot) and predictions_{dev,test}.conll (`word gold pred`, scoreable by the original conlleval).
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from nerpipe import tracking
+from nerpipe.atomic import atomic_path, write_json, write_text
+from nerpipe.conll import format_predictions
+from nerpipe.errors import exit_on_user_error
+from nerpipe.evaluation import evaluate_splits, type_confusion
+from nerpipe.modeling import load_tokenizer, load_trained, pick_device
+from nerpipe.params import load_params
+from nerpipe.training import use_bf16
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="prepared data directory")
+    parser.add_argument("--model", type=Path, required=True, help="trained model directory")
+    parser.add_argument("--untrained", type=Path, required=True, help="metrics of the untrained head")
+    parser.add_argument("--run", type=Path, required=True, help="run.json of the train stage (MLflow run id)")
+    parser.add_argument("--out", type=Path, required=True, help="directory for metrics, confusion, predictions")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    with exit_on_user_error():
+        params = load_params(args.params)
+        started = time.perf_counter()
+        device = pick_device()
+        model = load_trained(args.model).to(device)
+        pad_id = load_tokenizer(str(args.model)).pad_token_id
+        results = evaluate_splits(model, args.data, pad_id, params.evaluate.batch_size, device,
+                                  use_bf16(params.train.bf16, device))
+        metrics = {name: r["scores"] for name, r in results.items()}
+        metrics["before_finetuning"] = json.loads(args.untrained.read_text())
+        metrics["seconds"] = {name: r["seconds"] for name, r in results.items()}
+        for name, r in results.items():
+            write_text(args.out / f"predictions_{name}.conll", format_predictions(r["data"].words, r["data"].gold,
+                                                                                  r["pred"]))
+        with atomic_path(args.out / "confusion_test.csv") as tmp:
+            type_confusion(results["test"]["data"].gold, results["test"]["pred"]).to_csv(tmp, index=False)
+        write_json(args.out / "metrics.json", metrics)
+        with tracking.resume_run(args.run):
+            tracking.log_evaluation(metrics, time.perf_counter() - started)
+        for name in results:
+            m = metrics[name]
+            print(f"{name}: F1 {m['conlleval']['f1']:.4f} (conlleval), {m['strict']['f1']:.4f} (strict); "
+                  f"before fine-tuning {metrics['before_finetuning'][name]['conlleval']['f1']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Stage `score_untrained`: the pretrained model with its untrained head, scored on dev and test.
+
+    python stages/score_untrained.py --data data/prepared --out reports/untrained/metrics.json
+
+The "before fine-tuning" row of the report. Its own stage, so a change of lr or any train.* param
+does not redo it: it depends only on the data, model.name and the seed of the head.
+"""
+
+import argparse
+from pathlib import Path
+
+from nerpipe.atomic import write_json
+from nerpipe.errors import exit_on_user_error
+from nerpipe.evaluation import evaluate_splits
+from nerpipe.modeling import load_for_training, load_tokenizer, pick_device
+from nerpipe.params import load_params
+from nerpipe.prepared import read_labels
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="prepared data directory")
+    parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    with exit_on_user_error():
+        params = load_params(args.params)
+        model = load_for_training(params.model.name, read_labels(args.data), 0.0, params.train.seed)
+        device = pick_device()
+        results = evaluate_splits(model.to(device), args.data, load_tokenizer(params.model.name).pad_token_id,
+                                  params.evaluate.batch_size, device)
+        write_json(args.out, {name: {mode: r["scores"][mode] for mode in ("conlleval", "strict")}
+                              for name, r in results.items()})
+        for name, r in results.items():
+            print(f"{name}: untrained-head F1 {r['scores']['conlleval']['f1']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

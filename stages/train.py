@@ -1,0 +1,72 @@
+"""Stage `train`: fine-tune model.name for token classification, keep the best model by dev F1.
+
+    python stages/train.py --data data/prepared --model-out data/model --checkpoints data/checkpoints \
+        --reports reports/train
+
+Resumes from the last checkpoint when one from the same params exists; Ctrl-C stops cleanly after
+writing one. Records the run to MLflow (see nerpipe/tracking.py).
+"""
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from nerpipe import tracking
+from nerpipe.atomic import atomic_path, write_json
+from nerpipe.checkpoints import Checkpoints, fingerprint
+from nerpipe.errors import exit_on_user_error
+from nerpipe.modeling import count_parameters, load_for_training, load_tokenizer, pick_device, set_trainable
+from nerpipe.params import flatten, load_params
+from nerpipe.prepared import PreparedSplit, read_labels
+from nerpipe.training import DevSet, Interrupted, fit, plan_steps, summary
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="prepared data directory")
+    parser.add_argument("--model-out", type=Path, required=True, help="where the best model is saved")
+    parser.add_argument("--checkpoints", type=Path, required=True, help="resumable checkpoint directory")
+    parser.add_argument("--reports", type=Path, required=True, help="history CSVs, metrics.json, run.json")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    with exit_on_user_error():
+        params = load_params(args.params)
+        labels = read_labels(args.data)
+        model = load_for_training(params.model.name, labels, params.train.dropout, params.train.seed)
+        set_trainable(model, params.train.trainable_layers())
+        tokenizer = load_tokenizer(params.model.name)
+        device = pick_device()
+        train, dev = PreparedSplit(args.data, "train"), PreparedSplit(args.data, "valid")
+        resumable = {k: v for k, v in flatten(params).items() if not k.startswith(("mlflow.", "evaluate."))}
+        checkpoints = Checkpoints(args.checkpoints, fingerprint(resumable))
+        trainable, total = count_parameters(model)
+        print(f"device {device}, {trainable:,} of {total:,} parameters train, "
+              f"{plan_steps(len(train.examples), params.train)[1]} optimizer steps")
+        with tracking.start_run(params.mlflow.experiment, flatten(params), args.reports / "run.json"):
+            state = fit(model.to(device), train.examples,
+                        DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, params.train.batch_size),
+                        params.train, params.lr, tokenizer.pad_token_id, device, checkpoints,
+                        on_metrics=tracking.log_metrics)
+            with atomic_path(args.model_out, is_dir=True) as tmp:
+                shutil.copytree(checkpoints.best_dir, tmp)
+                tokenizer.save_pretrained(tmp)
+            pd.DataFrame(state.history).to_csv(args.reports / "history.csv", index=False)
+            pd.DataFrame(state.dev_evals).to_csv(args.reports / "dev_eval.csv", index=False)
+            metrics = summary(state, plan_steps(len(train.examples), params.train)[1])
+            write_json(args.reports / "metrics.json", metrics)
+            tracking.log_metrics({f"train.{k}": float(v) for k, v in metrics.items()})
+        print(f"best dev F1 {state.best_dev_f1:.4f} at step {state.best_step}; model saved to {args.model_out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Interrupted as stop:
+        print(stop)
+        raise SystemExit(130)

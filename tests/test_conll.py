@@ -1,0 +1,146 @@
+"""nerpipe.conll on the hand-written fixtures and on small broken files written per test."""
+
+from collections import Counter
+
+import pytest
+
+from nerpipe.conll import Sentence, format_predictions, iob1_to_iob2, label_list, read_conll
+from nerpipe.errors import UserError
+
+TRAIN_FIRST_LINES = [3, 11, 23, 34, 44, 84, 93, 99, 111, 119]
+
+
+def test_read_train_fixture(fixture_dir):
+    sentences = read_conll(fixture_dir / "train.txt")
+    assert len(sentences) == 10  # the two -DOCSTART- lines are not sentences
+    assert [s.doc_id for s in sentences] == [0] * 5 + [1] * 5
+    assert [s.line for s in sentences] == TRAIN_FIRST_LINES
+    assert sentences[0] == Sentence(
+        words=["Peter", "Blackburn", "visited", "Washington", "on", "Monday", "."],
+        tags=["I-PER", "I-PER", "O", "I-LOC", "O", "O", "O"], doc_id=0, line=3)
+    # IOB1 is kept as read: B-LOC only where a LOC directly follows a LOC.
+    assert sentences[3].words[1:3] == ["Paris", "London"]
+    assert sentences[3].tags[1:3] == ["I-LOC", "B-LOC"]
+    assert len(sentences[4].words) == 37
+    assert sentences[-1].words == ["Smith", "joined", "Siemens", "in", "1996", "."]
+
+
+def test_first_token_line_numbers_point_at_the_words(fixture_dir):
+    lines = (fixture_dir / "train.txt").read_text().split("\n")
+    for sentence in read_conll(fixture_dir / "train.txt"):
+        assert lines[sentence.line - 1].split()[0] == sentence.words[0]
+
+
+@pytest.mark.parametrize("name, n_sentences, n_tokens", [("valid.txt", 8, 63), ("test.txt", 8, 67)])
+def test_trailing_blank_lines_make_no_empty_sentence(fixture_dir, name, n_sentences, n_tokens):
+    assert (fixture_dir / name).read_bytes().endswith(b" O\n\n\n")
+    sentences = read_conll(fixture_dir / name)
+    assert len(sentences) == n_sentences
+    assert sum(len(s.words) for s in sentences) == n_tokens
+    assert all(s.words and len(s.words) == len(s.tags) for s in sentences)
+    assert [s.doc_id for s in sentences] == [0] * 4 + [1] * 4
+
+
+def test_crlf_and_tabs_read_the_same(fixture_dir, tmp_path):
+    text = (fixture_dir / "train.txt").read_text()
+    windows_copy = tmp_path / "train.txt"
+    windows_copy.write_bytes(text.replace(" ", "\t").replace("\n", "\r\n").encode())
+    assert read_conll(windows_copy) == read_conll(fixture_dir / "train.txt")
+
+
+def test_file_already_in_iob2_is_accepted(tmp_path):
+    path = tmp_path / "iob2.txt"
+    path.write_text("-DOCSTART- -X- -X- O\n\nJohn NNP B-NP B-PER\nSmith NNP I-NP I-PER\n"
+                    "met VBD B-VP O\nMaria NNP B-NP B-PER\n\n")
+    [sentence] = read_conll(path)
+    assert sentence.tags == ["B-PER", "I-PER", "O", "B-PER"]
+    assert iob1_to_iob2(sentence.tags) == sentence.tags
+
+
+def test_two_column_file_is_accepted(tmp_path):
+    path = tmp_path / "two.txt"
+    path.write_text("Berlin I-LOC\nis O\n\nParis I-LOC\n")  # no final blank line either
+    assert [(s.words, s.tags, s.line) for s in read_conll(path)] == [
+        (["Berlin", "is"], ["I-LOC", "O"], 1), (["Paris"], ["I-LOC"], 4)]
+
+
+GOOD = "-DOCSTART- -X- -X- O\n\nPeter NNP B-NP I-PER\n"
+
+
+@pytest.mark.parametrize("text, line, fragment", [
+    (GOOD + "visited VBD I-VP\n", 4, "found 3 column(s) in 'visited VBD I-VP'; expected 4"),
+    ("Peter\n", 1, "found 1 column(s) in 'Peter'; expected 2"),
+    (GOOD + "Foo NNP I-NP B-FOO\n", 4, "unknown NER tag 'B-FOO'"),
+    (GOOD + "\nFoo NNP I-NP X-PER\n", 5, "unknown NER tag 'X-PER'"),
+    (GOOD + "Foo NNP I-NP I-\n", 4, "unknown NER tag 'I-'"),
+    (GOOD + "Foo NNP I-NP i-per\n", 4, "unknown NER tag 'i-per'"),
+])
+def test_bad_line_names_file_and_line(tmp_path, text, line, fragment):
+    path = tmp_path / "bad.txt"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        read_conll(path)
+    assert str(err.value).startswith(f"{path}:{line}: ")
+    assert fragment in str(err.value)
+
+
+def test_non_utf8_byte_names_file_line_and_byte(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(GOOD.encode() + "Caf\u00e9 NNP I-NP I-LOC\n".encode("latin-1"))
+    with pytest.raises(UserError) as err:
+        read_conll(path)
+    assert str(err.value) == (f"{path}:4: byte 0xe9 at column 4 is not valid UTF-8; "
+                              "re-encode the file as UTF-8")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "no sentences found"),
+    ("-DOCSTART- -X- -X- O\n\n\n", "no sentences found"),
+    ("The DT B-NP O\ncat NN I-NP O\n\nsat VBD B-VP O\n", "2 sentences but not one entity tag"),
+])
+def test_unusable_file_names_the_file(tmp_path, text, fragment):
+    path = tmp_path / "split.txt"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        read_conll(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert fragment in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="file not found") as err:
+        read_conll(tmp_path / "nope.txt")
+    assert str(tmp_path / "nope.txt") in str(err.value)
+
+
+@pytest.mark.parametrize("iob1, iob2", [
+    ([], []),
+    (["O", "O"], ["O", "O"]),
+    (["I-PER", "I-PER", "O", "I-LOC"], ["B-PER", "I-PER", "O", "B-LOC"]),
+    (["I-LOC", "B-LOC", "I-LOC"], ["B-LOC", "B-LOC", "I-LOC"]),  # two adjacent LOC entities
+    (["I-ORG", "I-LOC", "I-LOC"], ["B-ORG", "B-LOC", "I-LOC"]),  # a type change starts an entity
+    (["O", "B-MISC", "I-MISC"], ["O", "B-MISC", "I-MISC"]),  # the train.txt quirk: B- after O
+])
+def test_iob1_to_iob2(iob1, iob2):
+    assert iob1_to_iob2(iob1) == iob2
+    assert iob1_to_iob2(iob2) == iob2  # idempotent
+
+
+def test_entity_counts_of_train_fixture(fixture_dir):
+    tags = [t for s in read_conll(fixture_dir / "train.txt") for t in iob1_to_iob2(s.tags)]
+    starts = Counter(t[2:] for t in tags if t.startswith("B-"))
+    assert starts == {"PER": 5, "LOC": 9, "ORG": 8, "MISC": 3}
+
+
+def test_label_list(fixture_dir):
+    tags = [iob1_to_iob2(s.tags) for s in read_conll(fixture_dir / "train.txt")]
+    assert label_list(tags) == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    # B- is listed for every type even when only I- was seen; O alone gives O alone.
+    assert label_list([["I-PER", "O"]]) == ["O", "B-PER", "I-PER"]
+    assert label_list([["O"]]) == ["O"]
+
+
+def test_format_predictions():
+    text = format_predictions([["Peter", "ran"], ["Paris"]], [["B-PER", "O"], ["B-LOC"]],
+                              [["B-PER", "O"], ["B-ORG"]])
+    assert text == "Peter B-PER B-PER\nran O O\n\nParis B-LOC B-ORG\n\n"

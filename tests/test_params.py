@@ -1,0 +1,138 @@
+"""nerpipe.params: YAML 1.2 numbers, unknown keys with suggestions, types, ranges, one message for all."""
+
+import pytest
+
+from nerpipe.errors import UserError
+from nerpipe.params import Params, flatten, load_params, parse_params, read_yaml
+
+SHA = {"train": "a" * 64, "valid": "b" * 64, "test": "c" * 64}
+
+
+def valid_raw(**top):
+    """The smallest params mapping that validates: data.sha256 has no default."""
+    return {"data": {"sha256": dict(SHA)}, **top}
+
+
+def problems_of(raw):
+    with pytest.raises(UserError) as err:
+        parse_params(raw)
+    return str(err.value)
+
+
+def test_lr_3e_05_is_a_float_under_yaml_1_2(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("lr: 3e-05\ndata:\n  sha256:\n" + "".join(f"    {k}: {v}\n" for k, v in SHA.items()))
+    params = parse_params(read_yaml(path))
+    assert params.lr == 3e-05 and type(params.lr) is float
+    assert load_params(path).lr == 3e-05
+
+
+def test_pyyaml_safe_load_reads_3e_05_as_a_string():
+    yaml = pytest.importorskip("yaml")
+    raw = yaml.safe_load("lr: 3e-05\n")
+    assert raw == {"lr": "3e-05"}  # YAML 1.1 needs a dot in the mantissa: why params.py uses ruamel
+    assert "lr: expected a number, got '3e-05'" in problems_of(valid_raw(**raw))
+
+
+def test_defaults_and_values_read(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("lr: 1\ntrain:\n  batch_size: 8\n  trainable: top-2\nprepare:\n  label_all_tokens: true\n"
+                    "data:\n  source: /data/conll\n  sha256: {train: %s, valid: %s, test: %s}\n"
+                    % (SHA["train"], SHA["valid"], SHA["test"]))
+    params = load_params(path)
+    assert params.lr == 1.0 and type(params.lr) is float  # an int where a float is expected is fine
+    assert params.train.batch_size == 8 and params.train.epochs == 3
+    assert params.train.trainable_layers() == 2
+    assert params.prepare.label_all_tokens is True and params.prepare.max_length == 128
+    assert params.data.source == "/data/conll" and params.data.sha256 == SHA
+
+
+@pytest.mark.parametrize("raw, message", [
+    (valid_raw(lrr=1e-5), "lrr: unknown key; did you mean lr?"),
+    (valid_raw(train={"epoch": 2}), "train.epoch: unknown key; did you mean train.epochs?"),
+    (valid_raw(prepare={"max_lenght": 64}), "prepare.max_lenght: unknown key; did you mean prepare.max_length?"),
+])
+def test_unknown_key_suggests_the_nearest(raw, message):
+    text = problems_of(raw)
+    assert "has 1 problem(s)" in text
+    assert message in text
+
+
+def test_unknown_key_far_from_all_lists_the_valid_keys():
+    text = problems_of(valid_raw(evaluate={"zzz": 1}))
+    assert "evaluate.zzz: unknown key (valid keys: evaluate.batch_size)" in text
+
+
+@pytest.mark.parametrize("raw, message", [
+    (valid_raw(lr="fast"), "lr: expected a number, got 'fast'"),
+    (valid_raw(train={"batch_size": "32"}), "train.batch_size: expected an integer, got '32'"),
+    (valid_raw(train={"epochs": 2.5}), "train.epochs: expected an integer, got 2.5"),
+    (valid_raw(train={"epochs": True}), "train.epochs: expected an integer, got True"),
+    (valid_raw(prepare={"label_all_tokens": "yes"}), "prepare.label_all_tokens: expected true/false, got 'yes'"),
+    (valid_raw(model={"name": 123}), "model.name: expected a string, got 123"),
+    (valid_raw(train=[1, 2]), "train: expected a mapping, got [1, 2]"),
+])
+def test_wrong_type(raw, message):
+    text = problems_of(raw)
+    # A key with a bad type keeps its default, so it is not also reported as out of range.
+    assert "has 1 problem(s)" in text
+    assert message in text
+
+
+@pytest.mark.parametrize("raw, message", [
+    (valid_raw(lr=0), "lr: must be > 0, got 0.0"),
+    (valid_raw(lr=-1e-5), "lr: must be > 0, got -1e-05"),
+    (valid_raw(train={"batch_size": 0}), "train.batch_size: must be >= 1, got 0"),
+    (valid_raw(train={"dropout": 1.0}), "train.dropout: must be in [0, 1), got 1.0"),
+    (valid_raw(train={"trainable": "top-0"}), "train.trainable: 'top-0' is not 'all', 'head' or 'top-N'"),
+    (valid_raw(prepare={"max_length": 4}), "prepare.max_length: 4 is out of range 8..8192"),
+    (valid_raw(prepare={"max_length": 16, "window_overlap": 9}),
+     "prepare.window_overlap: 9 must be in 0..max_length/2 (8)"),
+    ({"data": {"sha256": {"train": "a" * 64}}}, "data.sha256: missing valid, test"),
+    ({"data": {"sha256": {**SHA, "train": "abc"}}}, "data.sha256.train: expected a 64-character hex sha256"),
+])
+def test_impossible_values(raw, message):
+    assert message in problems_of(raw)
+
+
+def test_every_problem_in_one_message():
+    raw = {"lrr": 1, "lr": -1, "train": {"batch_size": 0, "epoch": 1}, "prepare": {"max_length": "long"},
+           "data": {"sha256": {"train": "a" * 64}}}
+    text = problems_of(raw)
+    lines = text.splitlines()
+    assert lines[0] == "params.yaml has 6 problem(s):"
+    assert sorted(line.split(":")[0] for line in lines[1:]) == [
+        "  - data.sha256", "  - lr", "  - lrr", "  - prepare.max_length", "  - train.batch_size", "  - train.epoch"]
+
+
+def test_source_name_in_message(tmp_path):
+    path = tmp_path / "exp-params.yaml"
+    path.write_text("lr: 0\n")
+    with pytest.raises(UserError, match=r"^.*exp-params\.yaml has 2 problem\(s\)"):
+        load_params(path)
+
+
+def test_read_yaml_errors_name_the_file(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        read_yaml(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lr: [1,\n")
+    with pytest.raises(UserError) as err:
+        read_yaml(broken)
+    assert str(err.value).startswith(f"{broken}: not valid YAML")
+
+
+def test_flatten():
+    flat = flatten(parse_params(valid_raw(lr=3e-05, train={"batch_size": 8})))
+    assert flat["lr"] == 3e-05
+    assert flat["train.batch_size"] == 8
+    assert flat["train.weight_decay"] == 0.01
+    assert flat["model.name"] == "bert-base-cased"
+    assert flat["data.sha256.valid"] == "b" * 64
+    assert "data.sha256" not in flat and "train" not in flat
+    assert len(flat) == 1 + 4 + 1 + 4 + 14 + 1 + 2  # lr, data (source + 3 sha256), model, prepare, train, ...
+    assert all(not isinstance(v, dict) for v in flat.values())
+
+
+def test_flatten_keeps_an_empty_mapping_as_a_leaf():
+    assert flatten(Params())["data.sha256"] == {}

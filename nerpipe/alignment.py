@@ -30,7 +30,8 @@ def plan_windows(subtoken_counts, budget, overlap):
             break
         # Step back so the next window starts with up to `overlap` sub-tokens of left context.
         nxt, shared = end, 0
-        while nxt - 1 > start and shared + subtoken_counts[nxt - 1] <= overlap:
+        room = min(overlap, budget - subtoken_counts[end])  # word `end` must still fit next to the context
+        while nxt - 1 > start and shared + subtoken_counts[nxt - 1] <= room:
             nxt -= 1
             shared += subtoken_counts[nxt]
         start = nxt
@@ -66,9 +67,18 @@ def word_subtokens(tokenizer, sentences_words):
     return out
 
 
-def build_examples(tokenizer, batch, label2id, max_length, overlap, label_all_tokens):
+def special_affixes(tokenizer):
+    """The special token ids the tokenizer puts before and after a sequence ([CLS] / [SEP] for BERT)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    start = next(i for i in range(len(full)) if full[i:i + len(plain)] == plain)
+    return full[:start], full[start + len(plain):]
+
+
+def build_examples(batch, tokenizer, label2id, max_length, overlap, label_all_tokens):
     """`datasets.map(batched=True)` function: sentences in, one row per window out."""
-    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    prefix, suffix = special_affixes(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
     out = {"input_ids": [], "labels": [], "word_index": [], "sentence_id": [], "length": []}
     per_sentence = word_subtokens(tokenizer, batch["words"])
     for sentence_id, tags, pieces in zip(batch["sentence_id"], batch["tags"], per_sentence):
@@ -86,18 +96,10 @@ def build_examples(tokenizer, batch, label2id, max_length, overlap, label_all_to
                     else:
                         labels.append(label2id[to_inside(tags[w])] if label_all_tokens else IGNORE)
                     word_index.append(w if owned and k == 0 else -1)
-            # Specials carry no label and no word; build_inputs adds [CLS]/[SEP] or the model's own.
-            full = tokenizer.build_inputs_with_special_tokens(ids)
-            lead = _leading_specials(tokenizer)
-            trail = len(full) - len(ids) - lead
-            out["input_ids"].append(full)
-            out["labels"].append([IGNORE] * lead + labels + [IGNORE] * trail)
-            out["word_index"].append([-1] * lead + word_index + [-1] * trail)
+            # Special tokens carry no label and no word.
+            out["input_ids"].append(prefix + ids + suffix)
+            out["labels"].append([IGNORE] * len(prefix) + labels + [IGNORE] * len(suffix))
+            out["word_index"].append([-1] * len(prefix) + word_index + [-1] * len(suffix))
             out["sentence_id"].append(sentence_id)
-            out["length"].append(len(full))
+            out["length"].append(len(prefix) + len(ids) + len(suffix))
     return out
-
-
-def _leading_specials(tokenizer):
-    probe = tokenizer.build_inputs_with_special_tokens([tokenizer.unk_token_id])
-    return probe.index(tokenizer.unk_token_id)

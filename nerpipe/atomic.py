@@ -10,7 +10,10 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path, is_dir=False):
-    """Yield a temporary sibling path; on success it replaces `path` in one rename."""
+    """Yield a temporary sibling path; on success it replaces `path` in one rename.
+
+    With is_dir=True the yielded path is an existing, empty directory to fill.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

@@ -32,7 +32,6 @@ class Checkpoints:
 
     def save(self, model, optimizer, scheduler, state):
         with atomic_path(self.last_dir, is_dir=True) as tmp:
-            tmp.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
             torch.save({"fingerprint": self.fingerprint, "state": dataclasses.asdict(state),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

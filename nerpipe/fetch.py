@@ -32,17 +32,21 @@ def sha256_of(path):
 
 def _download(url, dest, timeout=30):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]) as bar:
-                for block in iter(lambda: response.read(1 << 16), b""):
-                    out.write(block)
-                    bar.update(len(block))
+        response = urllib.request.urlopen(url, timeout=timeout)
     except urllib.error.HTTPError as err:
         raise UserError(f"{url}: HTTP {err.code} {err.reason}; check data.source in params.yaml") from None
     except (urllib.error.URLError, TimeoutError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise UserError(f"cannot download {url} ({reason}). Without network access, {OFFLINE_HINT}") from None
+    try:
+        with response, open(dest, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]) as bar:
+                for block in iter(lambda: response.read(1 << 16), b""):
+                    out.write(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, TimeoutError) as err:  # the connection broke mid-transfer
+        raise UserError(f"download of {url} failed part-way ({getattr(err, 'reason', err)}); run again") from None
 
 
 def _local_file(source, split):

@@ -6,6 +6,7 @@ params.yaml is read with YAML 1.2 rules (ruamel.yaml), so `lr: 3e-05` -- what
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +30,14 @@ class DataParams:
     def problems(self):
         missing = [s for s in SPLITS if s not in self.sha256]
         extra = [k for k in self.sha256 if k not in SPLITS]
-        bad = [k for k, v in self.sha256.items() if not (isinstance(v, str) and len(v) == 64)]
+        bad = [k for k, v in self.sha256.items() if not (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v))]
         out = []
         if missing:
             out.append(f"data.sha256: missing {', '.join(missing)} (need one sha256 per split)")
         if extra:
             out.append(f"data.sha256: unknown split(s) {', '.join(extra)}; expected {', '.join(SPLITS)}")
         if bad:
-            out.append(f"data.sha256.{bad[0]}: expected a 64-character hex sha256 string")
+            out.append(f"data.sha256.{bad[0]}: expected a 64-character lower-case hex sha256 string")
         return out
 
 

@@ -4,7 +4,7 @@ from collections import Counter
 
 from datasets import Dataset
 
-from nerpipe.alignment import build_examples
+from nerpipe.alignment import build_examples, special_affixes
 
 
 def prepare_split(sentences, tokenizer, labels, cfg, out_dir):
@@ -25,7 +25,7 @@ def prepare_split(sentences, tokenizer, labels, cfg, out_dir):
     examples.save_to_disk(str(out_dir / "examples"))
     n_words = sum(len(s.words) for s in sentences)
     windows_per_sentence = Counter(examples["sentence_id"])
-    special = tokenizer.num_special_tokens_to_add(pair=False)
+    special = sum(map(len, special_affixes(tokenizer)))
     subtokens = sum(examples["length"]) - special * len(examples)
     return {"sentences": len(sentences), "words": n_words, "windows": len(examples),
             "sentences_windowed": sum(1 for n in windows_per_sentence.values() if n > 1),

@@ -33,7 +33,6 @@ def main():
         train = json.loads((args.train / "metrics.json").read_text())
         stats = json.loads(args.stats.read_text())
         with atomic_path(args.figures, is_dir=True) as tmp:
-            tmp.mkdir(parents=True)
             plot_learning_curve(pd.read_csv(args.train / "history.csv"), pd.read_csv(args.train / "dev_eval.csv"),
                                 tmp / "learning_curve.png")
             plot_confusion(pd.read_csv(args.eval / "confusion_test.csv"), tmp / "confusion_test.png")

@@ -54,7 +54,7 @@ def main():
                         params.train, params.lr, tokenizer.pad_token_id, device, checkpoints,
                         on_metrics=tracking.log_metrics)
             with atomic_path(args.model_out, is_dir=True) as tmp:
-                shutil.copytree(checkpoints.best_dir, tmp)
+                shutil.copytree(checkpoints.best_dir, tmp, dirs_exist_ok=True)
                 tokenizer.save_pretrained(tmp)
             pd.DataFrame(state.history).to_csv(args.reports / "history.csv", index=False)
             pd.DataFrame(state.dev_evals).to_csv(args.reports / "dev_eval.csv", index=False)

@@ -18,7 +18,8 @@ TOKENS = ["[CLS]", "Peter", "Black", "##burn", "visited", "Wash", "##ing", "##to
 
 def one_sentence(tokenizer, words, tags, max_length=32, overlap=4, label_all_tokens=False):
     batch = {"words": [words], "tags": [tags], "sentence_id": [7]}
-    return build_examples(tokenizer, batch, LABEL2ID, max_length, overlap, label_all_tokens)
+    return build_examples(batch=batch, tokenizer=tokenizer, label2id=LABEL2ID, max_length=max_length,
+                          overlap=overlap, label_all_tokens=label_all_tokens)
 
 
 def test_word_subtokens(tiny_tokenizer):
@@ -104,7 +105,6 @@ def test_long_sentence_becomes_windows_that_own_each_word_once(tiny_tokenizer, f
     for label_all_tokens in (False, True):
         out = one_sentence(tiny_tokenizer, sentence.words, tags, max_length=16, overlap=4,
                            label_all_tokens=label_all_tokens)
-        assert len(out["input_ids"]) >= 3
         assert out["sentence_id"] == [7] * len(out["input_ids"])
         owned = []
         for ids, labels, word_index, length in zip(out["input_ids"], out["labels"], out["word_index"],
@@ -116,17 +116,40 @@ def test_long_sentence_becomes_windows_that_own_each_word_once(tiny_tokenizer, f
                     owned.append(w)
                     assert label == LABEL2ID[tags[w]]
         assert sorted(owned) == list(range(37))
-        # Every window but the first repeats some words of the one before as unlabelled context.
-        first_words = [min(w for w in wi if w >= 0) for wi in out["word_index"]]
-        assert first_words == sorted(first_words) and first_words[0] == 0
+        assert out["length"] == [16, 16, 16, 14]
+        assert [min(w for w in wi if w >= 0) for wi in out["word_index"]] == [0, 9, 19, 27]
+    # The second window starts with 2 words of left context that the first window owns.
+    assert tiny_tokenizer.convert_ids_to_tokens(out["input_ids"][1]) == [
+        "[CLS]", "in", "Munich", ",", "told", "Reuters", "on", "Tuesday", "that", "the", "German", "company",
+        "expects", "sales", "in", "[SEP]"]
+    assert out["word_index"][1] == [-1, -1, -1, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, -1, -1, -1]
+    assert out["labels"][1][:6] == [IGNORE, IGNORE, IGNORE, LABEL2ID["O"], LABEL2ID["O"], LABEL2ID["B-ORG"]]
 
 
 def test_batch_of_fixture_sentences(tiny_tokenizer, fixture_dir):
     sentences = read_conll(fixture_dir / "valid.txt")
     batch = {"words": [s.words for s in sentences], "tags": [iob1_to_iob2(s.tags) for s in sentences],
              "sentence_id": list(range(len(sentences)))}
-    out = build_examples(tiny_tokenizer, batch, LABEL2ID, 128, 32, False)
+    out = build_examples(batch=batch, tokenizer=tiny_tokenizer, label2id=LABEL2ID, max_length=128, overlap=32,
+                         label_all_tokens=False)
     assert out["sentence_id"] == list(range(8))  # short sentences: one window each
     for s, labels, word_index in zip(sentences, out["labels"], out["word_index"]):
         assert [w for w in word_index if w >= 0] == list(range(len(s.words)))
         assert [l for l in labels if l != IGNORE] == [LABEL2ID[t] for t in iob1_to_iob2(s.tags)]
+
+
+def test_every_window_owns_a_word_and_adds_new_ones():
+    # A window that owns no word is a row whose labels are all -100: no signal, and a NaN loss if a
+    # batch holds only such rows. In [1, 1, 1, 4] with budget 4, overlap 2, word 3 fills the budget
+    # alone: a window that steps back for 2 sub-tokens of context cannot reach it, so it only
+    # repeats words 1-2, and one of those repeats owns nothing.
+    cases = [([1, 1, 1, 4], 4, 2)]
+    rng = random.Random(99)
+    for _ in range(3000):
+        budget = rng.randint(2, 24)
+        cases.append(([rng.randint(1, budget * 2) for _ in range(rng.randint(1, 40))], budget,
+                      rng.randint(0, budget // 2)))
+    for counts, budget, overlap in cases:
+        windows = plan_windows(counts, budget, overlap)
+        assert all(own_start < own_end for _, _, own_start, own_end in windows), (counts, budget, overlap)
+        assert all(b[1] > a[1] for a, b in zip(windows, windows[1:])), (counts, budget, overlap)

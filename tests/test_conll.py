@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from nerpipe.conll import Sentence, format_predictions, iob1_to_iob2, label_list, read_conll
+from nerpipe.conll import Sentence, format_predictions, iob1_to_iob2, label_list, read_conll, read_predictions
 from nerpipe.errors import UserError
 
 TRAIN_FIRST_LINES = [3, 11, 23, 34, 44, 84, 93, 99, 111, 119]
@@ -140,7 +140,10 @@ def test_label_list(fixture_dir):
     assert label_list([["O"]]) == ["O"]
 
 
-def test_format_predictions():
-    text = format_predictions([["Peter", "ran"], ["Paris"]], [["B-PER", "O"], ["B-LOC"]],
-                              [["B-PER", "O"], ["B-ORG"]])
+def test_format_and_read_predictions(tmp_path):
+    words, gold, pred = [["Peter", "ran"], ["Paris"]], [["B-PER", "O"], ["B-LOC"]], [["B-PER", "O"], ["B-ORG"]]
+    text = format_predictions(words, gold, pred)
     assert text == "Peter B-PER B-PER\nran O O\n\nParis B-LOC B-ORG\n\n"
+    path = tmp_path / "predictions.txt"
+    path.write_text(text)
+    assert read_predictions(path) == (words, gold, pred)

@@ -89,7 +89,7 @@ def test_wrong_type(raw, message):
     (valid_raw(prepare={"max_length": 16, "window_overlap": 9}),
      "prepare.window_overlap: 9 must be in 0..max_length/2 (8)"),
     ({"data": {"sha256": {"train": "a" * 64}}}, "data.sha256: missing valid, test"),
-    ({"data": {"sha256": {**SHA, "train": "abc"}}}, "data.sha256.train: expected a 64-character hex sha256"),
+    ({"data": {"sha256": {**SHA, "train": "abc"}}}, "data.sha256.train: expected a 64-character lower-case hex sha256"),
 ])
 def test_impossible_values(raw, message):
     assert message in problems_of(raw)

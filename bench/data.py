@@ -1,0 +1,110 @@
+"""The benchmark's data: CoNLL-2003 read and tokenized exactly as nerpipe's `prepare` stage does it.
+
+Both trainers (the Hugging Face Trainer and nerpipe's loop) get the same rows: sentences parsed by
+`nerpipe.conll.read_conll`, converted IOB1 -> IOB2, tokenized and windowed by
+`nerpipe.alignment.build_examples` through `datasets.map(batched=True)`, the label list from
+`nerpipe.conll.label_list` over all splits (as stages/prepare.py builds it).
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from nerpipe.alignment import build_examples
+from nerpipe.conll import iob1_to_iob2, label_list, read_conll
+
+CONLL_DIR = Path("/work/shared/data/conll2003")
+SPLIT_FILES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}
+
+
+@dataclass
+class Split:
+    sentences: Dataset  # sentence_id, words, tags (IOB2)
+    examples: Dataset  # input_ids, labels, word_index, sentence_id, length -- one row per window
+
+    @property
+    def words(self):
+        return self.sentences["words"]
+
+    @property
+    def gold(self):
+        return self.sentences["tags"]
+
+    def n_subtokens(self):
+        """Sub-tokens in all windows, special tokens included: what one epoch feeds the model unpadded."""
+        return int(np.sum(self.examples["length"]))
+
+
+@dataclass
+class BenchData:
+    labels: list
+    splits: dict  # name -> Split
+    seconds: float
+
+    @property
+    def label2id(self):
+        return {label: i for i, label in enumerate(self.labels)}
+
+    @property
+    def id2label(self):
+        return dict(enumerate(self.labels))
+
+
+def _tokenize(batch, tokenizer, label2id, max_length, overlap, label_all_tokens):
+    # Keyword call: robust to the argument order of build_examples.
+    return build_examples(batch=batch, tokenizer=tokenizer, label2id=label2id, max_length=max_length,
+                          overlap=overlap, label_all_tokens=label_all_tokens)
+
+
+def load_data(tokenizer, train_sentences=0, data_dir=CONLL_DIR, max_length=128, overlap=32,
+              label_all_tokens=False, splits=("train", "valid", "test")):
+    """Parse, convert and tokenize; `train_sentences` > 0 keeps only the first N training sentences."""
+    started = time.perf_counter()
+    parsed = {name: read_conll(Path(data_dir) / SPLIT_FILES[name]) for name in splits}
+    if train_sentences and "train" in parsed:
+        parsed["train"] = parsed["train"][:train_sentences]
+    for sentences in parsed.values():
+        for s in sentences:
+            s.tags = iob1_to_iob2(s.tags)
+    labels = label_list(s.tags for sentences in parsed.values() for s in sentences)
+    label2id = {label: i for i, label in enumerate(labels)}
+    out = {}
+    for name, sentences in parsed.items():
+        table = Dataset.from_dict({"sentence_id": list(range(len(sentences))),
+                                   "words": [s.words for s in sentences],
+                                   "tags": [s.tags for s in sentences]})
+        examples = table.map(_tokenize, batched=True, batch_size=1000, remove_columns=table.column_names,
+                             fn_kwargs={"tokenizer": tokenizer, "label2id": label2id, "max_length": max_length,
+                                        "overlap": overlap, "label_all_tokens": label_all_tokens},
+                             desc=f"tokenize {name}")
+        out[name] = Split(table, examples)
+    return BenchData(labels, out, time.perf_counter() - started)
+
+
+def rows_to_word_tags(row_label_ids, examples, sentences_words, id2label, order=None):
+    """Word-level tag strings per sentence from per-row sub-token predictions.
+
+    row_label_ids[j] holds the predicted label id per sub-token position of example row order[j]
+    (order defaults to 0..n-1). A word is read from the first sub-token of the one window that owns
+    it: `word_index` >= 0 there, and its value is the word's index in the sentence. Every word must be
+    read exactly once; anything else is an alignment bug and raises.
+    """
+    word_index = examples["word_index"]
+    sentence_id = examples["sentence_id"]
+    tags = [[None] * len(words) for words in sentences_words]
+    order = range(len(word_index)) if order is None else order
+    for j, row in enumerate(order):
+        wi = np.asarray(word_index[row])
+        positions = np.nonzero(wi >= 0)[0]
+        sentence = tags[sentence_id[row]]
+        for p in positions:
+            if sentence[wi[p]] is not None:
+                raise AssertionError(f"word {wi[p]} of sentence {sentence_id[row]} predicted twice")
+            sentence[wi[p]] = id2label[int(row_label_ids[j][p])]
+    missing = sum(t is None for s in tags for t in s)
+    if missing:
+        raise AssertionError(f"{missing} words got no prediction")
+    return tags

@@ -1,0 +1,207 @@
+"""The baseline: the Hugging Face `Trainer` configured the way transformers' examples/pytorch/
+token-classification/run_ner.py configures it, on exactly the rows nerpipe trains on.
+
+run_ner.py's setup, reproduced here:
+  - `DataCollatorForTokenClassification` (dynamic padding to the longest row of each batch; no
+    `pad_to_multiple_of`, which run_ner.py sets only for fp16), labels padded with -100;
+  - first-sub-token labels (`label_all_tokens=False`), which nerpipe's `build_examples` produces;
+  - the Trainer's default optimizer for torch >= 2.8, `adamw_torch_fused` (torch.optim.AdamW with
+    fused=True, betas 0.9/0.999, eps 1e-8), weight decay not applied to biases and LayerNorm;
+    linear schedule with warmup; gradient clipping at `max_grad_norm`;
+  - `train_sampling_strategy` "random" (RandomSampler) or "group_by_length" (LengthGroupedSampler;
+    transformers 5.x replaced the `group_by_length=True` flag with this argument);
+  - no evaluation during training, no checkpoints, `report_to="none"`, CPU only.
+
+The model is seeded with `transformers.set_seed(seed)` right before `from_pretrained`, as
+nerpipe.modeling.load_for_training does, so both trainers start from the same classifier head.
+
+Caveat found while writing this: with `train_sampling_strategy="group_by_length"` the Trainer also
+uses a LengthGroupedSampler for *prediction* (`Trainer._get_eval_sampler`), so `predict()` returns
+rows in a shuffled, length-grouped order, not the dataset's. run_ner.py's metrics survive that (its
+labels come back in the same order) but its written predictions file would not. Here the order is
+recovered from the sampler and checked row by row against the returned `label_ids`.
+"""
+
+import math
+import os
+import resource
+import tempfile
+import time
+
+import numpy as np
+import torch
+import transformers
+from transformers import (AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer,
+                          TrainingArguments)
+
+from bench.data import rows_to_word_tags
+from nerpipe.scoring import score_split
+
+STRATEGIES = ("random", "group_by_length")
+
+
+class CountingCollator:
+    """Wraps a collator and counts what the model is actually fed: rows, real and padded tokens."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.reset()
+
+    def reset(self):
+        self.batches = self.rows = self.tokens = self.padded_tokens = 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        mask = batch["attention_mask"]
+        self.batches += 1
+        self.rows += int(mask.shape[0])
+        self.tokens += int(mask.sum())
+        self.padded_tokens += int(mask.numel())
+        return batch
+
+    def stats(self):
+        return {"batches": self.batches, "rows": self.rows, "tokens": self.tokens,
+                "padded_tokens": self.padded_tokens,
+                "padding_fraction": round(1 - self.tokens / max(self.padded_tokens, 1), 4)}
+
+
+def peak_rss_mib():
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # ru_maxrss is KiB on Linux
+
+
+def planned_steps(n_rows, batch_size, epochs):
+    return math.ceil(n_rows / batch_size) * epochs
+
+
+def _eval_order(trainer, dataset):
+    """Row order in which `trainer.predict(dataset)` returns predictions."""
+    sampler = trainer._get_eval_sampler(dataset)
+    if sampler is None or isinstance(sampler, torch.utils.data.SequentialSampler):
+        return list(range(len(dataset)))
+    return [int(i) for i in sampler]
+
+
+def _check_order(label_ids, dataset, order):
+    """The returned label rows must be the dataset's label rows in `order`, padded with -100."""
+    labels = dataset["labels"]
+    if len(order) != len(labels) or len(label_ids) != len(labels):
+        raise AssertionError(f"predict returned {len(label_ids)} rows for {len(labels)} examples")
+    for j, row in enumerate(order):
+        want = np.asarray(labels[row])
+        got = label_ids[j]
+        if not (np.array_equal(got[:len(want)], want) and np.all(got[len(want):] == -100)):
+            raise AssertionError(f"prediction row {j} is not example {row}: the eval order was not recovered")
+
+
+def predict_split(trainer, split, id2label):
+    """Predict one split, map first-sub-token predictions to words, score with nerpipe.scoring."""
+    started = time.perf_counter()
+    out = trainer.predict(split.examples)
+    seconds = time.perf_counter() - started
+    order = _eval_order(trainer, split.examples)
+    _check_order(out.label_ids, split.examples, order)
+    pred_ids = out.predictions.argmax(-1)
+    pred = rows_to_word_tags(pred_ids, split.examples, split.words, id2label, order)
+    return pred, seconds
+
+
+def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, seed=42, warmup_ratio=0.0,
+                       weight_decay=0.0, max_grad_norm=1.0, train_sampling_strategy="random",
+                       eval_batch_size=64, threads=None, eval_splits=("valid", "test"), logging_steps=50,
+                       output_dir=None):
+    """Fine-tune with the HF Trainer on data.splits['train'], predict `eval_splits`; return a result dict.
+
+    Speed numbers cover `trainer.train()` only (data loading, collation, forward, backward, optimizer).
+    train_subtokens_per_second counts real (non-pad) sub-tokens, [CLS]/[SEP] included, as nerpipe's
+    loop counts them; padded_tokens_per_second counts what the matmuls actually chewed.
+    """
+    if train_sampling_strategy not in STRATEGIES:
+        raise ValueError(f"train_sampling_strategy {train_sampling_strategy!r}: expected one of {STRATEGIES}")
+    if threads:
+        torch.set_num_threads(threads)
+    train = data.splits["train"]
+    steps = planned_steps(len(train.examples), batch_size, epochs)
+    warmup_steps = int(warmup_ratio * steps)  # nerpipe's rounding (the Trainer ceils a float ratio)
+
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    transformers.set_seed(seed)
+    model = AutoModelForTokenClassification.from_pretrained(
+        model_dir, num_labels=len(data.labels), id2label=data.id2label, label2id=data.label2id,
+        use_safetensors=True)
+    collator = CountingCollator(DataCollatorForTokenClassification(tokenizer))
+    rss_before_train = peak_rss_mib()
+
+    with tempfile.TemporaryDirectory(prefix="hf_trainer_") as tmp:
+        args = TrainingArguments(
+            output_dir=output_dir or tmp,
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=eval_batch_size,
+            learning_rate=lr,
+            num_train_epochs=epochs,
+            seed=seed,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+            lr_scheduler_type="linear",
+            train_sampling_strategy=train_sampling_strategy,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_strategy="steps",
+            logging_steps=logging_steps,
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=train.examples, data_collator=collator,
+                          processing_class=tokenizer)
+        load_before = os.getloadavg()[0]
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        train_output = trainer.train()
+        train_seconds = time.perf_counter() - wall0
+        cpu_seconds = time.process_time() - cpu0
+        fed = collator.stats()
+        rss_after_train = peak_rss_mib()
+
+        scores, eval_seconds = {}, {}
+        for name in eval_splits:
+            split = data.splits[name]
+            pred, eval_seconds[name] = predict_split(trainer, split, data.id2label)
+            scores[name] = score_split(split.gold, pred)
+
+    threads_used = torch.get_num_threads()
+    expected_tokens = train.n_subtokens() * epochs
+    if fed["tokens"] != expected_tokens:
+        raise AssertionError(f"the collator saw {fed['tokens']} sub-tokens, expected {expected_tokens}")
+    return {
+        "trainer": "hf_trainer",
+        "train_sampling_strategy": train_sampling_strategy,
+        "config": {"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed,
+                   "warmup_ratio": warmup_ratio, "warmup_steps": warmup_steps, "weight_decay": weight_decay,
+                   "max_grad_norm": max_grad_norm, "eval_batch_size": eval_batch_size, "optim": str(args.optim),
+                   "threads": threads_used, "torch": torch.__version__, "transformers": transformers.__version__},
+        "train_rows": len(train.examples),
+        "train_sentences": len(train.sentences),
+        "steps": trainer.state.global_step,
+        "planned_steps": steps,
+        "train_seconds": round(train_seconds, 3),
+        "train_sentences_per_second": round(len(train.sentences) * epochs / train_seconds, 2),
+        "train_rows_per_second": round(fed["rows"] / train_seconds, 2),
+        "train_subtokens_per_second": round(fed["tokens"] / train_seconds, 1),
+        "train_padded_tokens_per_second": round(fed["padded_tokens"] / train_seconds, 1),
+        "train_fed": fed,
+        "train_loss": round(float(train_output.training_loss), 5),
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        "cpu_utilisation": round(cpu_seconds / (train_seconds * threads_used), 3),
+        "loadavg_1min_before": round(load_before, 2),
+        "loadavg_1min_after": round(os.getloadavg()[0], 2),
+        "eval_seconds": {k: round(v, 3) for k, v in eval_seconds.items()},
+        "eval_batch_size": eval_batch_size,
+        "f1": {name: {mode: s[mode]["f1"] for mode in ("conlleval", "strict")} for name, s in scores.items()},
+        "scores": {name: {mode: {k: v for k, v in s[mode].items() if k != "per_type"}
+                          for mode in ("conlleval", "strict")} for name, s in scores.items()},
+        "peak_rss_mib": {"before_train": rss_before_train, "after_train": rss_after_train,
+                         "after_eval": peak_rss_mib()},
+    }

@@ -39,14 +39,21 @@ def set_params(path, assignments):
     write_text(path, out.getvalue())
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser):
     parser.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
+
+
+def run(args):
     with exit_on_user_error():
         set_params(args.params, args.assignments)
     print(f"{args.params}: set {', '.join(args.assignments)}", file=sys.stderr)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""The `nerpipe` command: tools around the pipeline (the pipeline itself runs with `dvc repro`).
+
+    nerpipe --help
+"""
+
+import argparse
+import importlib
+
+# name -> module with `add_arguments(parser)` and `run(args)`; each command lives in its own module.
+COMMANDS = {
+    "set-params": ("nerpipe.set_params", "set keys in params.yaml, refusing keys that do not exist"),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="nerpipe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

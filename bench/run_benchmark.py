@@ -206,7 +206,8 @@ def table_rows(runs, flops_per_token, fp32_gflops):
             "/".join(_fmt(100 * f1[s]["conlleval"], 2) for s in ("valid", "test") if s in f1) or "-",
             "/".join(_fmt(100 * f1[s]["strict"], 2) for s in ("valid", "test") if s in f1) or "-",
             "/".join(_fmt(v, 1) for v in r["eval_seconds"].values()) or "-",
-            _fmt(r["peak_rss_mib"]["after_eval"]), _fmt(r["cpu_utilisation"], 2),
+            _fmt(r["peak_rss_mib"]["after_eval"]),
+            _fmt(r["cpu_utilisation"], 2) + (" (contended)" if r["cpu_utilisation"] < 0.85 else ""),
         ])
     return rows
 
@@ -253,6 +254,48 @@ def environment():
             "loadavg_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def write_report(report, out):
+    """Print the table; write <out>.json and <out>.md."""
+    runs = report["runs"]
+    report["medians"] = medians(runs)
+    flops_per_token = report["flops"]["flops_per_token"]
+    threads = max((r["spec"]["threads"] for r in runs), default=2)
+    fp32 = [m["gflops_median"] for m in report.get("matmul", []) if m["dtype"] == "fp32" and m["threads"] == threads]
+    rows = table_rows(runs, flops_per_token, fp32[0] if fp32 else None)
+    print()
+    print(plain_table(rows))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+    env, spec = report["environment"], (runs[0]["spec"] if runs else {})
+    md = [f"# Benchmark {env['date']}", "",
+          f"- training sentences: {spec.get('train_sentences') or 'all'}, epochs {spec.get('epochs')}, batch size "
+          f"{spec.get('batch_size')}, lr {spec.get('lr')}, seed {spec.get('seed')}, warmup ratio "
+          f"{spec.get('warmup_ratio')}, weight decay {spec.get('weight_decay')}, eval batch size "
+          f"{spec.get('eval_batch_size')}",
+          f"- {env['cpu']}, {env['cores']} cores; torch {env['torch']}, transformers {env['transformers']}",
+          f"- load average at start/end: {env['loadavg_start'][0]:.2f} / {env['loadavg_end'][0]:.2f} "
+          "(shared machine; see `cpu util`)",
+          f"- model train FLOPs per sub-token (seq 40): {flops_per_token / 1e6:.2f} M"]
+    md += [f"- torch.mm {m['m']}^3 {m['dtype']} threads={m['threads']}: {m['gflops_median']} GFLOP/s "
+           f"(cpu util {m['cpu_utilisation']})" for m in report.get("matmul", [])]
+    md += ["", markdown_table(rows), "", "Columns: see the docstring of bench/run_benchmark.py.", ""]
+    out.with_suffix(".md").write_text("\n".join(md))
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
+
+
+def merge(paths, out):
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {"environment": reports[0]["environment"], "merged_from": [str(p) for p in paths],
+              "args": [r["args"] for r in reports], "runs": [run for r in reports for run in r["runs"]]}
+    merged["environment"]["loadavg_end"] = reports[-1]["environment"]["loadavg_end"]
+    for key in ("flops", "matmul"):
+        found = [r[key] for r in reports if r.get(key)]
+        if found:
+            merged[key] = found[0]
+    write_report(merged, out)
+    return merged
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"first {QUICK_TRAIN_SENTENCES} training sentences")
@@ -273,6 +316,7 @@ def main(argv=None):
     parser.add_argument("--no-matmul", action="store_true", help="skip the matmul GFLOP/s measurement")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per training run")
     parser.add_argument("--out", type=Path, default=Path("bench/results/benchmark.json"))
+    parser.add_argument("--merge", type=Path, nargs="+", help="combine earlier result JSONs into --out; runs nothing")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -282,8 +326,14 @@ def main(argv=None):
         args.worker_out.write_text(json.dumps(result))
         return result
 
+    if args.merge:
+        return merge(args.merge, args.out)
+
+    import transformers
+
     from bench import flops, matmul
 
+    transformers.logging.set_verbosity_error()
     train_sentences = args.train_sentences or (QUICK_TRAIN_SENTENCES if args.quick else 0)
     model_dir = args.model or offline_model()
     eval_splits = [] if args.eval_splits == ["none"] else args.eval_splits
@@ -295,7 +345,6 @@ def main(argv=None):
     del model
     print(f"model train FLOPs per sub-token (seq 40): {flops_per_token / 1e6:.2f} M", flush=True)
 
-    fp32_gflops = None
     if not args.no_matmul:
         report["matmul"] = []
         for threads in args.threads:
@@ -303,8 +352,6 @@ def main(argv=None):
         for m in report["matmul"]:
             print(f"matmul {m['m']}^3 {m['dtype']} threads={m['threads']}: {m['gflops_median']} GFLOP/s "
                   f"(best {m['gflops_best']}, cpu util {m['cpu_utilisation']})", flush=True)
-        fp32 = [m["gflops_median"] for m in report["matmul"] if m["dtype"] == "fp32" and m["threads"] == max(args.threads)]
-        fp32_gflops = fp32[0] if fp32 else None
 
     runs = []
     for repeat in range(args.repeats):
@@ -324,28 +371,8 @@ def main(argv=None):
                     print(f"  {result['train_seconds']} s, {result['train_sentences_per_second']} sent/s, "
                           f"{result['train_subtokens_per_second']} subtok/s, F1 {result.get('f1')}", flush=True)
     report["runs"] = runs
-    report["medians"] = medians(runs)
     report["environment"]["loadavg_end"] = os.getloadavg()
-
-    rows = table_rows(runs, flops_per_token, fp32_gflops)
-    print()
-    print(plain_table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str))
-    md = [f"# Benchmark {report['environment']['date']}", "",
-          f"- training sentences: {train_sentences or 'all'}, epochs {args.epochs}, batch size {args.batch_size}, "
-          f"lr {args.lr}, seed {args.seed}, warmup ratio {args.warmup_ratio}, weight decay {args.weight_decay}",
-          f"- {report['environment']['cpu']}, {report['environment']['cores']} cores; torch "
-          f"{report['environment']['torch']}, transformers {report['environment']['transformers']}",
-          f"- load average at start/end: {report['environment']['loadavg_start'][0]:.2f} / "
-          f"{report['environment']['loadavg_end'][0]:.2f} (shared machine; see `cpu util`)",
-          f"- model train FLOPs per sub-token (seq 40): {flops_per_token / 1e6:.2f} M"]
-    if report.get("matmul"):
-        md += [f"- torch.mm 2048^3 {m['dtype']} threads={m['threads']}: {m['gflops_median']} GFLOP/s"
-               for m in report["matmul"]]
-    md += ["", markdown_table(rows), "", "Columns: see the docstring of bench/run_benchmark.py.", ""]
-    args.out.with_suffix(".md").write_text("\n".join(md))
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}")
+    write_report(report, args.out)
     return report
 
 

@@ -18,13 +18,19 @@ def atomic_path(path, is_dir=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     target = tmp if is_dir else tmp / path.name
+    aside = None
     try:
         yield target
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+            # Rename the old directory away rather than delete it in place: a kill during a slow
+            # rmtree would leave half of it (say, state.pt without its weights) under the real name.
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            os.replace(path, aside / path.name)
         os.replace(target, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, aside):
+            if leftover:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_text(path, text):

@@ -1,43 +1,100 @@
-"""Resumable training checkpoints, written atomically, refused when they come from other params.
+"""Resumable training checkpoints, written atomically, refused when they come from other settings.
 
 Layout under the checkpoint directory (a DVC `persist` output, so `dvc repro` does not wipe it):
-  last/  model.safetensors + state.pt (optimizer, scheduler, RNG states, TrainState, fingerprint)
+  last/  model.safetensors + state.pt (optimizer, scheduler, RNG states, TrainState, settings)
+         + best/, hard links to the best model as of that step
   best/  the best model by dev F1 so far, as save_pretrained writes it
+
+A finished run removes last/: a later run of the stage (forced, or after a code change) trains
+from scratch instead of "resuming" at the final step with nothing left to do.
 """
 
 import dataclasses
 import hashlib
-import json
+import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from nerpipe.atomic import atomic_path
 
 
-def fingerprint(settings):
-    """A short hash of everything that must match for a checkpoint to be resumed."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def run_settings(params, *examples):
+    """Everything that must match for a checkpoint to be resumed, as a flat dict: the params, a digest
+    of the prepared data (inference.WindowedExamples), the source of the nerpipe modules and the
+    script running, and the torch/transformers versions."""
+    data = hashlib.sha256()
+    for split in examples:
+        for column in (split.input_ids, split.labels, split.word_index):
+            if column is not None:
+                data.update(column.values.tobytes())
+                data.update(column.offsets.tobytes())
+    return {**params, "prepared data": data.hexdigest()[:16], **_source_digests(),
+            "torch": str(torch.__version__), "transformers": str(transformers.__version__)}
+
+
+def _source_digests():
+    """A short sha256 of each loaded nerpipe module and of the script running, by module name."""
+    out = {}
+    for name, module in sorted(sys.modules.items()):
+        path = getattr(module, "__file__", None) or ""
+        if (name == "__main__" or name.split(".")[0] == "nerpipe") and path.endswith(".py") and os.path.isfile(path):
+            out[f"source of {name}"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return out
+
+
+def _differences(old, new, limit=5):
+    """'train.seed 42 -> 7, lr 0.001 -> 0.002' for two settings dicts (or the two values otherwise)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return f"{old!r} -> {new!r}"
+    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    shown = [f"{k} {old.get(k, '(none)')} -> {new.get(k, '(none)')}" for k in keys[:limit]]
+    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _link_or_copy(src, dst):
+    """Hard links cost no space; best/ is only ever replaced whole, never changed in place."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 class Checkpoints:
-    def __init__(self, directory, fingerprint):
+    def __init__(self, directory, settings):
         self.directory = Path(directory)
-        self.fingerprint = fingerprint
+        self.settings = settings  # run_settings(...); any other value must simply be equal
         self.last_dir = self.directory / "last"
         self.best_dir = self.directory / "best"
+        self.run_id = None  # the MLflow run this training logs to; a resume continues it (nerpipe.tracking)
 
     def save(self, model, optimizer, scheduler, state):
         with atomic_path(self.last_dir, is_dir=True) as tmp:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-            torch.save({"fingerprint": self.fingerprint, "state": dataclasses.asdict(state),
+            # The best model so far belongs to this checkpoint: a best/ written after it (by a run that
+            # was then killed) must not survive a resume that may not reach the same dev F1.
+            if self.best_dir.is_dir():
+                shutil.copytree(self.best_dir, tmp / "best", copy_function=_link_or_copy)
+            torch.save({"settings": self.settings, "mlflow_run_id": self.run_id, "state": dataclasses.asdict(state),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                        tmp / "state.pt")
+
+    def saved_run_id(self):
+        """The MLflow run id saved with the last checkpoint if resume() will take it (same settings), else
+        None. Cheap: the tensors in state.pt are memory-mapped, not read."""
+        try:
+            saved = torch.load(self.last_dir / "state.pt", weights_only=True, mmap=True)
+        except Exception:  # absent or unreadable: resume() starts over
+            return None
+        return saved.get("mlflow_run_id") if saved.get("settings") == self.settings else None
 
     def save_best(self, model):
         with atomic_path(self.best_dir, is_dir=True) as tmp:
@@ -47,25 +104,46 @@ class Checkpoints:
         """Load the last checkpoint into model/optimizer/scheduler; return its TrainState, or None."""
         from nerpipe.training import TrainState  # the state's type lives with the loop that fills it
 
-        state_file = self.last_dir / "state.pt"
-        if not state_file.exists():
+        for leftover in self.directory.glob(".*"):  # temporaries of a save that was killed
+            shutil.rmtree(leftover, ignore_errors=True)
+        if not (self.last_dir / "state.pt").exists():
             self.discard()  # a stale best/ from another run must not be mistaken for this run's
             return None
-        saved = torch.load(state_file, weights_only=False)
-        if saved["fingerprint"] != self.fingerprint:
-            tqdm.write(f"discarding the checkpoint in {self.directory}: it was written with other params "
-                       f"(fingerprint {saved['fingerprint']}, now {self.fingerprint}); training starts over")
-            self.discard()
-            return None
-        model.load_state_dict(load_file(self.last_dir / "model.safetensors"))
+        try:
+            # weights_only: state.pt holds tensors, numbers and strings; unpickling anything else could run code
+            saved = torch.load(self.last_dir / "state.pt", weights_only=True)
+            weights = load_file(self.last_dir / "model.safetensors")
+        except Exception as err:  # truncated, foreign or half-deleted: never worth a crash
+            return self._discard_because(f"it cannot be read ({type(err).__name__}: {str(err).splitlines()[0]})")
+        if saved.get("settings") != self.settings:
+            return self._discard_because(f"it was written with other settings: "
+                                         f"{_differences(saved.get('settings'), self.settings)}")
+        model.load_state_dict(weights)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
         if saved["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        if (self.last_dir / "best").is_dir():
+            with atomic_path(self.best_dir, is_dir=True) as tmp:
+                shutil.copytree(self.last_dir / "best", tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+        else:
+            shutil.rmtree(self.best_dir, ignore_errors=True)
         state = TrainState(**saved["state"])
         tqdm.write(f"resuming from the checkpoint at step {state.step} (epoch {state.epoch}) in {self.directory}")
         return state
+
+    def _discard_because(self, reason):
+        tqdm.write(f"discarding the checkpoint in {self.directory}: {reason}; training starts over")
+        self.discard()
+        return None
+
+    def finish(self):
+        """The run completed: drop last/ (renamed away first, so a kill mid-delete leaves no half of it)."""
+        if self.last_dir.exists():
+            doomed = Path(tempfile.mkdtemp(prefix=".finished.", dir=self.directory))
+            os.replace(self.last_dir, doomed / "last")
+            shutil.rmtree(doomed)
 
     def discard(self):
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,67 +1,314 @@
-"""MLflow tracking (minimal core; see README "MLflow" for the design).
+"""MLflow tracking: one training result is one MLflow run (README "MLflow" has the design).
 
-One training result is one MLflow run. The train stage creates it and writes its id to a small
-stage output (run.json); evaluate and report resume that run, so a later `dvc repro` that re-runs
-only evaluate or report logs onto the run of the model it used.
+The train stage creates the run and writes its id to reports/train/run.json, a small DVC output;
+evaluate and report depend on that file and resume the run, so a later `dvc repro` that re-runs only
+them logs onto the run of the model they used. Each checkpoint carries the run id too, so a training
+that is interrupted and resumed stays one run.
+
+Where runs go: MLFLOW_TRACKING_URI if set, checked before a stage does any work so that an
+unreachable server fails it within seconds; else mlflow.db at the repository root, by absolute path,
+with artifacts in mlartifacts/ beside it. DVC sets DVC_ROOT to the original repository even for
+`dvc exp run --temp` and queued runs, which execute in copies under .dvc/tmp/exps, so those land in
+the same store. Writes to that SQLite store are serialised across processes with a file lock:
+SQLite's busy wait does not cover two stages creating a new store's tables at the same moment
+(`dvc queue start -j 2`).
 """
 
+import fcntl
+import hashlib
 import json
 import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
 
 from nerpipe.atomic import write_json
+from nerpipe.errors import UserError
+from nerpipe.params import flatten, read_yaml
+from nerpipe.training import Interrupted
+
+STORE = "mlflow.db"
+ARTIFACTS = "mlartifacts"
+REACH_TIMEOUT_S = 5
+EVALUATE_ARTIFACTS = ("metrics.json", "predictions_dev.conll", "predictions_test.conll", "confusion_test.csv")
+
+
+def repository_root():
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 def tracking_uri():
-    """MLFLOW_TRACKING_URI if set; else the SQLite store at the repository root, as an absolute path.
-
-    `dvc exp run --temp` and queued runs execute in copies under .dvc/tmp/exps; DVC sets DVC_ROOT to
-    the original repository, so their runs land in the same store as everyone else's.
-    """
+    """MLFLOW_TRACKING_URI if set; else the SQLite store at the repository root, as an absolute path."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return f"sqlite:///{repository_root() / STORE}"
 
 
-def start_run(experiment, params_flat, run_file, run_name=None):
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment)
-    run = mlflow.start_run(run_name=run_name or os.environ.get("DVC_EXP_NAME"))
-    mlflow.log_params(params_flat)
-    write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                          "tracking_uri": tracking_uri()})
+def _sqlite_file(uri):
+    return Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def _store_lock():
+    """Hold an exclusive lock on this machine's writers to a SQLite store; nothing for a server."""
+    db = _sqlite_file(tracking_uri())
+    if db is None:
+        yield
+        return
+    name = f"nerpipe-mlflow-{hashlib.sha256(str(db).encode()).hexdigest()[:16]}.lock"
+    with open(Path(tempfile.gettempdir()) / name, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _check_reachable(uri):
+    """A UserError within seconds if `uri` is a tracking server that does not answer (MLflow's own
+    client would retry for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    hint = (f"start the server, correct MLFLOW_TRACKING_URI, or unset it to record to "
+            f"{repository_root() / STORE}")
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S)
+    except requests.RequestException as err:
+        raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached: "
+                        f"{type(err).__name__}; {hint}") from None
+    if response.status_code >= 500 or response.status_code in (401, 403):
+        raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) answered HTTP "
+                        f"{response.status_code} {response.reason}; {hint}")
+
+
+def connect(experiment):
+    """Point MLflow at the tracking store; return the id of `experiment`, created if it is new."""
+    uri = tracking_uri()
+    _check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    with _store_lock():
+        db = _sqlite_file(uri)
+        if db is not None:
+            # A store of our own creates the tables (under the lock) and gives new experiments an
+            # artifact location beside mlflow.db, not in the working directory (a --temp copy).
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            store = SqlAlchemyStore(uri, str(db.parent / ARTIFACTS))
+            found = store.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else store.create_experiment(experiment)
+            store.engine.dispose()
+        else:
+            client = mlflow.MlflowClient()
+            found = client.get_experiment_by_name(experiment)
+            try:
+                experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            except mlflow.MlflowException as err:  # created meanwhile by a concurrent stage
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = client.get_experiment_by_name(experiment)
+                experiment_id = found.experiment_id
+        if found and found.lifecycle_stage == "deleted":
+            raise UserError(f"mlflow.experiment: {experiment!r} is deleted in {uri}; restore it "
+                            f"(mlflow experiments restore --experiment-id {experiment_id}) or choose another name")
+    return experiment_id
+
+
+def _existing_run(run_id, experiment_id=None):
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except mlflow.MlflowException:
+        return None
+    if run.info.lifecycle_stage == "deleted" or experiment_id not in (None, run.info.experiment_id):
+        return None
     return run
 
 
-def resume_run(run_file):
+@contextmanager
+def training_run(experiment_id, params, checkpoints, device):
+    """The run a training logs to, active inside the block: the run saved with the checkpoint that
+    will resume, else a new one named after the DVC experiment. It ends FINISHED, KILLED (stopped;
+    the checkpoint resumes it) or FAILED."""
+    resumed = checkpoints.saved_run_id()
+    with _store_lock():
+        if resumed and not _existing_run(resumed, experiment_id):
+            resumed = None
+        run = mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id,
+                               run_name=os.environ.get("DVC_EXP_NAME"))
+        _log_params({k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")})
+        mlflow.set_tags(_provenance_tags(params, device))
+    checkpoints.run_id = run.info.run_id
+    print(f"MLflow run {run.info.run_id} ({'resumed with the checkpoint' if resumed else 'new'}) in {tracking_uri()}")
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    except (Interrupted, KeyboardInterrupt):
+        status = "KILLED"
+        raise
+    finally:
+        with _store_lock():
+            mlflow.end_run(status)
+
+
+def step_logger(steps_per_epoch):
+    """on_metrics for training.fit: each metric at its optimizer step, plus the fractional epoch, so
+    the UI draws loss, learning rate and dev F1 over steps or epochs."""
+    epoch_logged_at = set()
+
+    def log(metrics, step):
+        values = {k: float(v) for k, v in metrics.items()}
+        if step not in epoch_logged_at:
+            epoch_logged_at.add(step)
+            values["epoch"] = step / steps_per_epoch
+        with _store_lock():
+            mlflow.log_metrics(values, step=step)
+
+    return log
+
+
+def log_training(metrics, seconds, data, reports, model, example, register_as=""):
+    """Final training numbers, stage wall times, labels.json and the train reports, and the best model
+    as an MLflow transformers model (registered as `register_as` if not empty)."""
+    with _store_lock():
+        mlflow.log_metrics({**{f"train.{k}": float(v) for k, v in metrics.items()},
+                            "stage_seconds.prepare": json.loads((data / "stats.json").read_text())["seconds"],
+                            "stage_seconds.train": seconds})
+        mlflow.log_artifact(str(data / "labels.json"))
+        for name in ("metrics.json", "history.csv", "dev_eval.csv"):
+            mlflow.log_artifact(str(reports / name), artifact_path="train")
+        _log_model(model, example, register_as)
+
+
+def _log_model(model_dir, example, register_as):
+    """A token-classification pipeline with a string-in, string-out signature; its pyfunc answers
+    with the predicted labels of the non-O sub-tokens, comma-joined."""
+    import mlflow.transformers
+    import torch
+    import transformers
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    from nerpipe.modeling import load_tokenizer, load_trained
+
+    # An absolute path: MLflow looks a relative one such as data/model up on the Hugging Face hub, as a
+    # repository id, for its model card and licence (a minute of retries when offline).
+    model_dir = Path(model_dir).resolve()
+    pipeline = transformers.pipeline("token-classification", model=load_trained(model_dir),
+                                     tokenizer=load_tokenizer(str(model_dir)))
+    # Explicit requirements: inferring them would import torchvision, which the flavor's default
+    # list names for every torch model and which this project does not need.
+    requirements = [f"transformers=={transformers.__version__}",
+                    f"torch=={torch.__version__.split('+')[0]}"]
+    mlflow.transformers.log_model(
+        pipeline, name="model", task="token-classification", input_example=[example],
+        signature=ModelSignature(Schema([ColSpec(DataType.string)]), Schema([ColSpec(DataType.string)])),
+        pip_requirements=requirements, registered_model_name=register_as or None)
+
+
+def write_run_file(path, run):
+    write_json(path, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                      "tracking_uri": tracking_uri()})
+
+
+def run_of_model(run_file):
+    """The id of the run `run_file` names, once the tracking store answered and holds it."""
     info = json.loads(Path(run_file).read_text())
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow.start_run(run_id=info["run_id"])
+    uri = tracking_uri()
+    _check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    with _store_lock():
+        found = _existing_run(info["run_id"])
+    if not found:
+        raise UserError(f"{run_file}: MLflow run {info['run_id']} is not in the tracking store {uri} (it was "
+                        f"recorded in {info['tracking_uri']}); point MLFLOW_TRACKING_URI there, or re-train "
+                        "(dvc repro -f train) to record a new run")
+    return info["run_id"]
 
 
-def log_metrics(metrics, step=None):
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+def log_evaluation(run_id, evaluate_params, metrics, seconds, out):
+    """evaluate.* params, final dev/test scores (flattened: test.strict.PER.f1), F1 before fine-tuning,
+    stage wall times, and the evaluate outputs."""
+    flat = {"stage_seconds.evaluate": seconds}
+    for split in ("dev", "test"):
+        for mode in ("conlleval", "strict"):
+            scores = metrics[split][mode]
+            flat |= {f"{split}.{mode}.{k}": scores[k] for k in ("precision", "recall", "f1")}
+            flat |= {f"{split}.{mode}.{t}.{k}": s[k] for t, s in scores["per_type"].items()
+                     for k in ("precision", "recall", "f1")}
+            flat[f"before_finetuning.{split}.{mode}.f1"] = metrics["before_finetuning"][split][mode]["f1"]
+        flat[f"{split}.token_accuracy"] = metrics[split]["token"]["accuracy"]
+    if "seconds" in metrics["before_finetuning"]:
+        flat["stage_seconds.score_untrained"] = metrics["before_finetuning"]["seconds"]
+    with _store_lock(), mlflow.start_run(run_id=run_id):
+        _log_params({f"evaluate.{k}": v for k, v in evaluate_params.__dict__.items()})
+        mlflow.log_metrics({k: float(v) for k, v in flat.items()})
+        for name in EVALUATE_ARTIFACTS:
+            mlflow.log_artifact(str(out / name), artifact_path="eval")
 
 
-def log_evaluation(metrics, seconds):
-    """Final dev/test scores, flattened: dev.conlleval.f1, test.strict.per_type.PER.f1, ..."""
-    flat = {}
+def log_report(run_id, report, figures, lock_file=Path("dvc.lock")):
+    """report.md, the PNG figures, and dvc.lock with a tag per stage (md5 of its lock entry) and per
+    output (its md5). The report stage's own lock entry is written by DVC after it ends, so it is
+    not tagged."""
+    lock = read_yaml(lock_file).get("stages", {})
+    tags = {}
+    for stage, entry in lock.items():
+        if stage != "report":
+            tags[f"dvc.stage.{stage}.md5"] = hashlib.md5(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+            tags |= {f"dvc.out.{out['path']}.md5": out["md5"] for out in entry.get("outs", []) if "md5" in out}
+    with _store_lock(), mlflow.start_run(run_id=run_id):
+        mlflow.log_artifact(str(report))
+        mlflow.log_artifacts(str(figures), artifact_path="figures")
+        mlflow.log_artifact(str(lock_file))
+        mlflow.set_tags(tags)
 
-    def walk(obj, prefix):
-        for key, value in obj.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            elif isinstance(value, (int, float)):
-                flat[f"{prefix}{key}"] = value
 
-    walk({k: v for k, v in metrics.items() if k in ("dev", "test", "before_finetuning")}, "")
-    flat["stage_seconds.evaluate"] = seconds
-    log_metrics(flat)
+def _log_params(values):
+    """Log params on the active run. MLflow never changes a param, so one that is already there with
+    another value (evaluate re-run with a new evaluate.batch_size) is kept as tag changed_param.<key>."""
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in values.items() if k not in logged})
+    mlflow.set_tags({f"changed_param.{k}": str(v) for k, v in values.items() if k in logged and logged[k] != str(v)})
 
 
-def log_report(report, figures):
-    mlflow.log_artifact(str(report))
-    mlflow.log_artifacts(str(figures), artifact_path="figures")
+def _provenance_tags(params, device):
+    """What produced the run: git commit and dirtiness, DVC experiment, data checksums, device, versions."""
+    import torch
+
+    tags = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            **{f"version.{p}": version(p) for p in ("torch", "transformers", "dvc", "mlflow")},
+            **{f"data.sha256.{split}": digest for split, digest in params.data.sha256.items()}}
+    for variable, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    # An experiment runs on its baseline commit (in a --temp or queued copy, HEAD is a DVC stash commit).
+    commit = os.environ.get("DVC_EXP_BASELINE_REV") or _git("rev-parse", "HEAD")
+    if commit:
+        dirty = _changed_sources(commit)
+        tags |= {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+        if dirty:
+            tags["git.dirty_files"] = ", ".join(dirty[:20]) + (f" and {len(dirty) - 20} more" if len(dirty) > 20 else "")
+    return tags
+
+
+def _git(*args):
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _changed_sources(commit):
+    """Files that differ from `commit` (or are new and not ignored), except params.yaml (logged as
+    params), .gitignore files, dvc.lock and the outputs dvc.yaml declares (all written by DVC runs)."""
+    changed = (_git("diff", "--name-only", commit) or "").splitlines()
+    changed += (_git("ls-files", "--others", "--exclude-standard") or "").splitlines()
+    produced = {"params.yaml", "dvc.lock"}
+    for stage in (read_yaml("dvc.yaml") or {}).get("stages", {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            produced |= {next(iter(o)) if isinstance(o, dict) else o for o in stage.get(kind, [])}
+    return sorted(p for p in set(changed) if Path(p).name != ".gitignore"
+                  and not any(p == o or p.startswith(o.rstrip("/") + "/") for o in produced))

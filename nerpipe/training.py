@@ -126,7 +126,12 @@ def evaluate_dev(model, dev, pad_id, device, bf16):
 
 
 def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lambda metrics, step: None):
-    """Train `model` in place; returns the final TrainState. The best model is in checkpoints.best_dir."""
+    """Train `model` in place; returns the final TrainState. The best model is in checkpoints.best_dir.
+
+    Resumes from the last checkpoint of the same settings, if any, and ends exactly as an uninterrupted
+    run would: data order is a function of (seed, epoch), and the checkpoint holds everything else
+    that changes (weights, optimizer, scheduler, torch RNG, position in the epoch, loss accumulators).
+    """
     bf16 = use_bf16(cfg.bf16, device)
     optimizer = build_optimizer(model, lr, cfg.weight_decay, device)
     steps_per_epoch, total_steps = plan_steps(len(train), cfg)
@@ -178,6 +183,7 @@ def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lamb
                 if end_of_epoch:
                     break
     bar.close()
+    checkpoints.finish()
     return state
 
 

@@ -35,6 +35,7 @@ def main():
     with exit_on_user_error():
         params = load_params(args.params)
         started = time.perf_counter()
+        run_id = tracking.run_of_model(args.run)  # an unreachable tracking server fails here, in seconds
         device = pick_device()
         model = load_trained(args.model).to(device)
         pad_id = load_tokenizer(str(args.model)).pad_token_id
@@ -49,8 +50,7 @@ def main():
         with atomic_path(args.out / "confusion_test.csv") as tmp:
             type_confusion(results["test"]["data"].gold, results["test"]["pred"]).to_csv(tmp, index=False)
         write_json(args.out / "metrics.json", metrics)
-        with tracking.resume_run(args.run):
-            tracking.log_evaluation(metrics, time.perf_counter() - started)
+        tracking.log_evaluation(run_id, params.evaluate, metrics, time.perf_counter() - started, args.out)
         for name in results:
             m = metrics[name]
             print(f"{name}: F1 {m['conlleval']['f1']:.4f} (conlleval), {m['strict']['f1']:.4f} (strict); "

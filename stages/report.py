@@ -29,6 +29,7 @@ def main():
     parser.add_argument("--figures", type=Path, required=True, help="directory for the PNG figures")
     args = parser.parse_args()
     with exit_on_user_error():
+        run_id = tracking.run_of_model(args.train / "run.json")  # an unreachable tracking server fails here
         metrics = json.loads((args.eval / "metrics.json").read_text())
         train = json.loads((args.train / "metrics.json").read_text())
         stats = json.loads(args.stats.read_text())
@@ -48,8 +49,7 @@ def main():
             f"![learning curve]({rel}/learning_curve.png)", f"![confusion matrix]({rel}/confusion_test.png)",
             "## Most frequent errors (test)", errors_section(errors),
             "## Stage wall times", timings_table(timings)]) + "\n")
-        with tracking.resume_run(args.train / "run.json"):
-            tracking.log_report(args.out, args.figures)
+        tracking.log_report(run_id, args.out, args.figures)
         print(f"wrote {args.out} and figures in {args.figures}")
 
 

@@ -7,6 +7,7 @@ does not redo it: it depends only on the data, model.name and the seed of the he
 """
 
 import argparse
+import time
 from pathlib import Path
 
 from nerpipe.atomic import write_json
@@ -25,12 +26,14 @@ def main():
     args = parser.parse_args()
     with exit_on_user_error():
         params = load_params(args.params)
+        started = time.perf_counter()
         model = load_for_training(params.model.name, read_labels(args.data), 0.0, params.train.seed)
         device = pick_device()
         results = evaluate_splits(model.to(device), args.data, load_tokenizer(params.model.name).pad_token_id,
                                   params.evaluate.batch_size, device)
-        write_json(args.out, {name: {mode: r["scores"][mode] for mode in ("conlleval", "strict")}
-                              for name, r in results.items()})
+        write_json(args.out, {**{name: {mode: r["scores"][mode] for mode in ("conlleval", "strict")}
+                                 for name, r in results.items()},
+                              "seconds": round(time.perf_counter() - started, 2)})  # a stage wall time for MLflow
         for name, r in results.items():
             print(f"{name}: untrained-head F1 {r['scores']['conlleval']['f1']:.4f}")
 

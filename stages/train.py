@@ -9,13 +9,14 @@ writing one. Records the run to MLflow (see nerpipe/tracking.py).
 
 import argparse
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
 
 from nerpipe import tracking
 from nerpipe.atomic import atomic_path, write_json
-from nerpipe.checkpoints import Checkpoints, fingerprint
+from nerpipe.checkpoints import Checkpoints, run_settings
 from nerpipe.errors import exit_on_user_error
 from nerpipe.modeling import count_parameters, load_for_training, load_tokenizer, pick_device, set_trainable
 from nerpipe.params import flatten, load_params
@@ -34,33 +35,41 @@ def parse_args():
 
 
 def main():
+    started = time.perf_counter()
     args = parse_args()
     with exit_on_user_error():
         params = load_params(args.params)
+        experiment_id = tracking.connect(params.mlflow.experiment)  # an unreachable server fails here, in seconds
         labels = read_labels(args.data)
         model = load_for_training(params.model.name, labels, params.train.dropout, params.train.seed)
         set_trainable(model, params.train.trainable_layers())
         tokenizer = load_tokenizer(params.model.name)
         device = pick_device()
         train, dev = PreparedSplit(args.data, "train"), PreparedSplit(args.data, "valid")
-        resumable = {k: v for k, v in flatten(params).items() if not k.startswith(("mlflow.", "evaluate."))}
-        checkpoints = Checkpoints(args.checkpoints, fingerprint(resumable))
+        # How often checkpoints are written, what evaluate does and where MLflow records do not change
+        # the training run, so a checkpoint resumes across changes to them.
+        resumable = {k: v for k, v in flatten(params).items()
+                     if not k.startswith(("mlflow.", "evaluate.")) and k != "train.checkpoint_every"}
+        checkpoints = Checkpoints(args.checkpoints, run_settings(resumable, train.examples, dev.examples))
         trainable, total = count_parameters(model)
-        print(f"device {device}, {trainable:,} of {total:,} parameters train, "
-              f"{plan_steps(len(train.examples), params.train)[1]} optimizer steps")
-        with tracking.start_run(params.mlflow.experiment, flatten(params), args.reports / "run.json"):
+        steps_per_epoch, total_steps = plan_steps(len(train.examples), params.train)
+        print(f"device {device}, {trainable:,} of {total:,} parameters train, {total_steps} optimizer steps")
+        with tracking.training_run(experiment_id, params, checkpoints, device) as run:
             state = fit(model.to(device), train.examples,
                         DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, params.train.batch_size),
                         params.train, params.lr, tokenizer.pad_token_id, device, checkpoints,
-                        on_metrics=tracking.log_metrics)
+                        on_metrics=tracking.step_logger(steps_per_epoch))
             with atomic_path(args.model_out, is_dir=True) as tmp:
                 shutil.copytree(checkpoints.best_dir, tmp, dirs_exist_ok=True)
                 tokenizer.save_pretrained(tmp)
-            pd.DataFrame(state.history).to_csv(args.reports / "history.csv", index=False)
-            pd.DataFrame(state.dev_evals).to_csv(args.reports / "dev_eval.csv", index=False)
-            metrics = summary(state, plan_steps(len(train.examples), params.train)[1])
+            for name, rows in (("history.csv", state.history), ("dev_eval.csv", state.dev_evals)):
+                with atomic_path(args.reports / name) as tmp:
+                    pd.DataFrame(rows).to_csv(tmp, index=False)
+            metrics = summary(state, total_steps)
             write_json(args.reports / "metrics.json", metrics)
-            tracking.log_metrics({f"train.{k}": float(v) for k, v in metrics.items()})
+            tracking.log_training(metrics, time.perf_counter() - started, args.data, args.reports, args.model_out,
+                                  example=" ".join(dev.words[0]), register_as=params.mlflow.register_model)
+            tracking.write_run_file(args.reports / "run.json", run)  # last: evaluate and report resume this run
         print(f"best dev F1 {state.best_dev_f1:.4f} at step {state.best_step}; model saved to {args.model_out}")
 
 

@@ -42,7 +42,7 @@ class PipelineRepo:
             else:
                 shutil.copy(src, repo.root / name)
         set_params(repo.root / "params.yaml", overrides)
-        (repo.root / ".gitignore").write_text("mlflow.db\n__pycache__/\n")
+        (repo.root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
         repo.run("git", "init", "-q")
         repo.run("dvc", "init", "-q")
         repo.run("dvc", "config", "core.autostage", "true")

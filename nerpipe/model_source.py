@@ -1,0 +1,81 @@
+"""Load a trained token-classification model and its tokenizer from a directory or an MLflow model URI.
+
+Accepted sources:
+  - a directory `save_pretrained` wrote (data/model: config.json, model.safetensors, tokenizer files)
+  - an MLflow model of the transformers flavor, as a URI (runs:/<run_id>/model, models:/<name>/<version>,
+    models:/<name>@<alias>, or any artifact URI MLflow resolves) or as a local directory holding its
+    MLmodel file. That flavor keeps the weights in <model>/model/ and the tokenizer in
+    <model>/components/tokenizer/ (names taken from the MLmodel file).
+"""
+
+import re
+import tempfile
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from nerpipe.errors import UserError
+from nerpipe.modeling import SAFE, load_config, load_trained
+from nerpipe.params import read_yaml
+
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # runs:/..., models:/..., s3://..., file:///...
+
+
+def load_model_and_tokenizer(source):
+    """(model, fast tokenizer) from a model directory or an MLflow model URI; a UserError otherwise."""
+    source = str(source)
+    if Path(source).is_dir():
+        return _load_local(Path(source), source)
+    if not URI.match(source):
+        raise UserError(f"model {source!r}: no such directory; give a trained model directory (data/model "
+                        "after `dvc repro train`) or an MLflow model URI such as runs:/<run_id>/model")
+    with tempfile.TemporaryDirectory(prefix="nerpipe-model-") as tmp:
+        # Everything is loaded into memory before the download is deleted.
+        return _load_local(_download(source, tmp), source)
+
+
+def _download(uri, destination):
+    import mlflow
+
+    from nerpipe.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=destination))
+    except Exception as err:  # MlflowException, OSError, ...: all mean "not found / not reachable"
+        raise UserError(f"model {uri!r}: MLflow could not download it from tracking store {tracking_uri()} "
+                        f"(set MLFLOW_TRACKING_URI to the right store).\n  cause: {type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}") from None
+
+
+def _load_local(directory, source):
+    model_dir, tokenizer_dir = _locate(directory, source)
+    load_config(str(model_dir))  # names the model and explains a missing or unusable config
+    model = load_trained(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), **SAFE)
+    except (OSError, ValueError) as err:
+        raise UserError(f"model {source!r}: no loadable tokenizer in {tokenizer_dir}.\n  cause: "
+                        f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+    if not tokenizer.is_fast:
+        raise UserError(f"model {source!r}: needs a fast (Rust) tokenizer for word alignment")
+    return model, tokenizer
+
+
+def _locate(directory, source):
+    """(model directory, tokenizer directory) inside a save_pretrained or MLflow transformers directory."""
+    if (directory / "config.json").is_file():
+        return directory, directory
+    if not (directory / "MLmodel").is_file():
+        raise UserError(f"model {source!r}: {directory} holds neither config.json (a save_pretrained "
+                        "directory) nor MLmodel (an MLflow model)")
+    flavor = (read_yaml(directory / "MLmodel").get("flavors") or {}).get("transformers")
+    if flavor is None:
+        raise UserError(f"model {source!r}: the MLflow model has no transformers flavor; log it with "
+                        "mlflow.transformers.log_model")
+    if "model_binary" not in flavor:
+        raise UserError(f"model {source!r}: the MLflow model holds no weights (logged with "
+                        "save_pretrained=False, a Hugging Face hub reference); log it with save_pretrained=True")
+    model_dir = directory / flavor["model_binary"]
+    tokenizer_dir = directory / "components" / "tokenizer"
+    return model_dir, tokenizer_dir if tokenizer_dir.is_dir() else model_dir

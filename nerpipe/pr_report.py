@@ -1,0 +1,218 @@
+"""Compare two revisions in Markdown: a metric/base/PR/delta table, the changed params and the plots.
+
+    nerpipe pr-report --base main                                   # main against the working tree
+    nerpipe pr-report --base pr-base --head pr-head --out pr-report # two revisions, with plots
+
+A revision is anything DVC accepts: a branch, tag, commit or experiment name. The numbers come from
+`dvc metrics diff` and `dvc params diff`, the plots from `dvc plots diff` (the top-level `plots:` of
+dvc.yaml, drawn as PNGs so a pull-request comment can show them). Without --out the Markdown goes
+to stdout and has no plots; with --out DIR it is written to DIR/report.md beside the PNGs it links.
+This is what the pull-request workflow posts; `make pr-report BASE=main` runs it locally.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from nerpipe.atomic import write_text
+from nerpipe.errors import UserError, exit_on_user_error
+from nerpipe.params import read_yaml
+
+# pandas, matplotlib and nerpipe.reporting are imported where they are used: the `nerpipe` CLI
+# imports every command module, and they would add seconds to each `nerpipe set-params`.
+
+EVAL_METRICS = "reports/eval/metrics.json"
+TRAIN_METRICS = "reports/train/metrics.json"
+LINE_TEMPLATES = ("linear", "simple", "scatter", "smooth")
+CONFUSION_TEMPLATES = ("confusion", "confusion_normalized")
+
+
+def metric_rows():
+    """(label, metrics file, flattened key, unit) for each row of the table, in order."""
+    from nerpipe.reporting import TYPES
+
+    rows = []
+    for split in ("dev", "test"):
+        rows.append((f"{split} F1", EVAL_METRICS, f"{split}.conlleval.f1", "f1"))
+        rows += [(f"{split} F1 {t}", EVAL_METRICS, f"{split}.conlleval.per_type.{t}.f1", "f1") for t in TYPES]
+    rows += [(f"{split} F1 before fine-tuning", EVAL_METRICS, f"before_finetuning.{split}.conlleval.f1", "f1")
+             for split in ("dev", "test")]
+    rows.append(("train time (s)", TRAIN_METRICS, "train_seconds", "seconds"))
+    return rows
+
+
+def run_dvc(repo, *args):
+    """Run `dvc ARGS --json` in repo (the dvc of this interpreter) and return the parsed output."""
+    cmd = [sys.executable, "-m", "dvc", *args, "--json"]
+    result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise UserError(f"`dvc {' '.join(args)}` failed in {repo}: {lines[-1] if lines else 'no message'}\n"
+                        "  (a revision must be a branch, tag, commit or experiment name of that repository)")
+    return json.loads(result.stdout or "{}")
+
+
+def _revs(base, head):
+    return [base] if head is None else [base, head]
+
+
+def _format(value, unit, signed=False):
+    if value is None:
+        return "–"
+    if unit == "f1":
+        return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def metrics_table(metrics_diff):
+    """Markdown table from `dvc metrics diff --all --json` output; F1 in %, deltas in points."""
+    lines = ["| metric | base | PR | Δ |", "|---|---:|---:|---:|"]
+    for label, path, key, unit in metric_rows():
+        entry = metrics_diff.get(path, {}).get(key, {})
+        old, new = entry.get("old"), entry.get("new")
+        delta = new - old if old is not None and new is not None else None
+        lines.append(f"| {label} | {_format(old, unit)} | {_format(new, unit)} | {_format(delta, unit, True)} |")
+    return "\n".join(lines)
+
+
+def params_table(params_diff):
+    """Markdown table of the params that differ, from `dvc params diff --json` output."""
+    rows = [(f"`{key}`" if path == "params.yaml" else f"`{path}:{key}`", change.get("old"), change.get("new"))
+            for path, changes in sorted(params_diff.items()) for key, change in sorted(changes.items())]
+    if not rows:
+        return "No params changed."
+    return "\n".join(["| param | base | PR |", "|---|---|---|"] +
+                     [f"| {key} | {_param_cell(old)} | {_param_cell(new)} |" for key, old, new in rows])
+
+
+def _param_cell(value):
+    return "–" if value is None else f"`{value}`"
+
+
+def plot_definitions(repo):
+    """{plot id: properties} of the top-level `plots:` in dvc.yaml."""
+    defs = {}
+    for entry in (read_yaml(Path(repo) / "dvc.yaml") or {}).get("plots", []):
+        plot_id, props = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+        defs[plot_id] = props or {}
+    return defs
+
+
+def _slug(text):
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _single_source(props):
+    """(file, y field) of a plot with one y column, the only kind drawn here; else None."""
+    y = props.get("y")
+    if isinstance(y, dict) and len(y) == 1:
+        (path, field), = y.items()
+        if isinstance(field, str):
+            return path, field
+    return None
+
+
+def draw_lines(points, revs, props, y_field, title, path):
+    import matplotlib.pyplot as plt
+
+    x_field = props["x"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for rev in revs:
+        rows = points[points["rev"] == rev]
+        ax.plot(rows[x_field].astype(float), rows[y_field].astype(float), marker="o", markersize=3, label=rev)
+    ax.set_xlabel(props.get("x_label", x_field))
+    ax.set_ylabel(props.get("y_label", y_field))
+    ax.set_title(props.get("title", title))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_confusions(points, revs, props, y_field, title, path):
+    """One matrix per revision, side by side: counts as text, colour normalised per gold (row) class."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    x_field = props["x"]
+    labels = sorted(set(points[x_field]) | set(points[y_field]), key=lambda t: (t == "O", t))
+    fig, axes = plt.subplots(1, len(revs), figsize=(4.2 * len(revs), 3.8), squeeze=False)
+    for ax, rev in zip(axes[0], revs):
+        rows = points[points["rev"] == rev]
+        table = pd.crosstab(rows[y_field], rows[x_field]).reindex(index=labels, columns=labels, fill_value=0)
+        share = table.div(table.sum(axis=1).clip(lower=1), axis=0)
+        ax.imshow(share.values, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel(props.get("x_label", x_field))
+        ax.set_ylabel(props.get("y_label", y_field))
+        ax.set_title(rev)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, f"{table.values[i, j]:,}", ha="center", va="center", fontsize=7,
+                        color="white" if share.values[i, j] > 0.5 else "black")
+    fig.suptitle(props.get("title", title))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_plots(repo, base, head, out_dir):
+    """Draw each top-level plot of dvc.yaml for both revisions into out_dir; Markdown image links."""
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    rendered = run_dvc(repo, "plots", "diff", *_revs(base, head), "--split").get("data", {})
+    links = []
+    for plot_id, props in plot_definitions(repo).items():
+        source = _single_source(props)
+        entries = rendered.get(plot_id) or [{}]
+        anchors = entries[0].get("anchor_definitions", {})
+        points = pd.DataFrame(anchors.get("<DVC_METRIC_DATA>", []))
+        template = props.get("template", "linear")
+        if source is None or points.empty or template not in LINE_TEMPLATES + CONFUSION_TEMPLATES:
+            links.append(f"- {plot_id}: not drawn (no data at either revision, or not a one-column "
+                         "linear/confusion plot); see `dvc plots diff`")
+            continue
+        revs = [rev for rev in entries[0].get("revisions", []) if rev in set(points["rev"])]
+        draw = draw_lines if template in LINE_TEMPLATES else draw_confusions
+        name = f"{_slug(plot_id)}.png"
+        draw(points, revs, props, source[1], plot_id, Path(out_dir) / name)
+        links.append(f"![{plot_id}]({name})")
+    return links
+
+
+def build_report(repo, base, head=None, out_dir=None):
+    """The Markdown comparing head (None: the working tree) with base; plots only when out_dir is given."""
+    revs = _revs(base, head)
+    metrics = run_dvc(repo, "metrics", "diff", *revs, "--all")
+    params = run_dvc(repo, "params", "diff", *revs)
+    head_name = head or "working tree"
+    parts = [f"## NER metrics: `{head_name}` (PR) against `{base}` (base)",
+             "Entity-level micro F1 in % (conlleval mode); Δ is PR minus base, in points (seconds for train time); "
+             "– where a revision has no value.",
+             metrics_table(metrics), "### Changed params", params_table(params)]
+    if out_dir is not None:
+        parts += ["### Plots", "\n\n".join(draw_plots(repo, base, head, out_dir))]
+    return "\n\n".join(parts) + "\n"
+
+
+def add_arguments(parser):
+    parser.add_argument("--base", default="main", help="revision to compare against (default: main)")
+    parser.add_argument("--head", default=None, help="revision to compare (default: the working tree)")
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the git + DVC repository (default: .)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for report.md and the plot PNGs (default: Markdown to stdout, no plots)")
+
+
+def run(args):
+    with exit_on_user_error():
+        if args.out is None:
+            sys.stdout.write(build_report(args.repo, args.base, args.head))
+            return
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_text(args.out / "report.md", build_report(args.repo, args.base, args.head, args.out))
+    print(f"wrote {args.out / 'report.md'}", file=sys.stderr)

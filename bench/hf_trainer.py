@@ -194,6 +194,8 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
         "train_fed": fed,
         "train_loss": round(float(train_output.training_loss), 5),
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        "train_cpu_seconds": round(cpu_seconds, 3),
+        "train_subtokens_per_cpu_second": round(fed["tokens"] / cpu_seconds, 1),
         "cpu_utilisation": round(cpu_seconds / (train_seconds * threads_used), 3),
         "loadavg_1min_before": round(load_before, 2),
         "loadavg_1min_after": round(os.getloadavg()[0], 2),

@@ -117,15 +117,15 @@ a = torch.randn(n, n).to(torch.{dtype}); b = torch.randn(n, n).to(torch.{dtype})
 {call}; {call}
 t = time.perf_counter(); r = 3
 for _ in range(r): {call}
-print('GFLOPS', 2 * n ** 3 * r / (time.perf_counter() - t) / 1e9)
+print('GFLOPS', {batch} * 2 * n ** 3 * r / (time.perf_counter() - t) / 1e9)
 """
 
 
-def kernel_probe(dtype="bf16", n=1024, call="torch.mm(a, b)", env=None, mkldnn=True, prelude=""):
+def kernel_probe(dtype="bf16", n=1024, call="torch.mm(a, b)", env=None, mkldnn=True, prelude="", batch=1):
     """Run one matmul in a fresh process with ONEDNN_VERBOSE=1: the oneDNN kernel (None: not oneDNN,
-    i.e. MKL sgemm or ATen's own loops) and the GFLOP/s it gave. `env` adds variables such as
-    ONEDNN_MAX_CPU_ISA; `mkldnn=False` runs with torch.backends.mkldnn disabled."""
-    code = _KERNEL_PROBE.format(n=n, dtype=DTYPES[dtype].__repr__().split(".")[1], call=call)
+    i.e. MKL sgemm or ATen's own loops) and the GFLOP/s it gave (`batch` n^3 products per call). `env`
+    adds variables such as ONEDNN_MAX_CPU_ISA; `mkldnn=False` runs with torch.backends.mkldnn disabled."""
+    code = _KERNEL_PROBE.format(n=n, dtype=DTYPES[dtype].__repr__().split(".")[1], call=call, batch=batch)
     if not mkldnn:
         prelude += "\ntorch.backends.mkldnn.enabled = False"
     code = code.replace("n = ", prelude + "\nn = ", 1)
@@ -143,7 +143,7 @@ def kernel_probe(dtype="bf16", n=1024, call="torch.mm(a, b)", env=None, mkldnn=T
 def kernels(n=1024):
     probes = [kernel_probe("fp32", n), kernel_probe("bf16", n),
               kernel_probe("bf16", n, call="F.linear(a, b)"),
-              kernel_probe("bf16", n, call="torch.matmul(a.unsqueeze(0).expand(4, n, n), b)"),
+              kernel_probe("bf16", n, call="torch.matmul(a.unsqueeze(0).expand(4, n, n), b)", batch=4),
               kernel_probe("bf16", n, call="torch.bmm(a.unsqueeze(0), b.unsqueeze(0))"),
               kernel_probe("bf16", n, env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}),
               kernel_probe("bf16", 512, env={"ONEDNN_MAX_CPU_ISA": "AVX2"}),

@@ -15,6 +15,9 @@ hyperparameters. Writes <out>.json (everything) and <out>.md (the table); prints
 Speed columns, all over the training call only (evaluation is timed separately):
   sent/s      training sentences * epochs / train seconds
   subtok/s    real sub-tokens ([CLS]/[SEP] included, padding excluded) / train seconds
+  subtok/cpu-s  the same per CPU second the process used (all threads): less sensitive to other
+              processes on this shared machine, best compared at 1 thread (2 threads count
+              OpenMP spin-waiting as CPU time)
   padded/s    sub-tokens including padding, i.e. what the matmuls processed / train seconds
   GFLOP/s     padded tokens * model train FLOPs per token (bench/flops.py) / train seconds
   %fp32 peak  that, as a share of the sustained fp32 torch.mm GFLOP/s measured by bench/matmul.py
@@ -58,6 +61,7 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     from nerpipe.modeling import load_for_training, load_tokenizer, load_trained
     from nerpipe.params import TrainParams
     from nerpipe.scoring import score_split
+    from nerpipe import training as nerpipe_training
     from nerpipe.training import DevSet, fit, plan_steps
 
     if threads:
@@ -73,13 +77,36 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
                  eval_batch_size)
     model = load_for_training(model_dir, data.labels, cfg.dropout, seed)
     rss_before_train = peak_rss_mib()
+    # fit() evaluates dev and saves the best model inside its loop; time those separately so that the
+    # CPU seconds of training alone can be reported (nerpipe's own train_seconds already excludes them).
+    side = {"wall": 0.0, "cpu": 0.0}
+
+    def timed(fn):
+        def wrapper(*a, **kw):
+            cpu, wall = time.process_time(), time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                side["cpu"] += time.process_time() - cpu
+                side["wall"] += time.perf_counter() - wall
+        return wrapper
+
+    class TimedCheckpoints(Checkpoints):
+        save = timed(Checkpoints.save)
+        save_best = timed(Checkpoints.save_best)
+
+    original_evaluate_dev = nerpipe_training.evaluate_dev
+    nerpipe_training.evaluate_dev = timed(original_evaluate_dev)
     with tempfile.TemporaryDirectory(prefix="nerpipe_bench_") as tmp:
-        checkpoints = Checkpoints(Path(tmp) / "checkpoints", "bench")
+        checkpoints = TimedCheckpoints(Path(tmp) / "checkpoints", "bench")
         load_before = os.getloadavg()[0]
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        state = fit(model, train, dev, cfg, lr, tokenizer.pad_token_id, device, checkpoints)
+        try:
+            state = fit(model, train, dev, cfg, lr, tokenizer.pad_token_id, device, checkpoints)
+        finally:
+            nerpipe_training.evaluate_dev = original_evaluate_dev
         fit_seconds = time.perf_counter() - wall0
-        cpu_seconds = time.process_time() - cpu0
+        cpu_seconds = time.process_time() - cpu0 - side["cpu"]
         rss_after_train = peak_rss_mib()
         best = load_trained(checkpoints.best_dir) if (checkpoints.best_dir / "config.json").exists() else model
         scores, eval_seconds = {}, {}
@@ -115,7 +142,10 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
                       "padding_fraction": round(1 - state.tokens_seen / max(padded, 1), 4)},
         "train_loss": state.history[-1]["loss"] if state.history else None,
         "loss_history": state.history,
-        "cpu_utilisation": round(cpu_seconds / (fit_seconds * threads_used), 3),
+        "dev_eval_and_save_seconds_in_fit": round(side["wall"], 3),
+        "train_cpu_seconds": round(cpu_seconds, 3),
+        "train_subtokens_per_cpu_second": round(state.tokens_seen / cpu_seconds, 1),
+        "cpu_utilisation": round(cpu_seconds / ((fit_seconds - side["wall"]) * threads_used), 3),
         "loadavg_1min_before": round(load_before, 2),
         "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "eval_seconds": {k: round(v, 3) for k, v in eval_seconds.items()},
@@ -193,14 +223,15 @@ def table_rows(runs, flops_per_token, fp32_gflops):
         spec = r["spec"]
         if "error" in r:
             rows.append([spec["trainer"], str(spec["threads"]), str(spec["repeat"]), "ERROR: " +
-                         r["error"].splitlines()[-1][:80]] + [""] * 11)
+                         r["error"].splitlines()[-1][:80]] + [""] * (len(HEADER) - 4))
             continue
         gflops = r["train_padded_tokens_per_second"] * flops_per_token / 1e9 if flops_per_token else None
         f1 = r.get("f1", {})
         rows.append([
             spec["trainer"], str(r["config"]["threads"]), str(spec["repeat"]),
             _fmt(r["train_seconds"], 1), _fmt(r["train_sentences_per_second"], 1),
-            _fmt(r["train_subtokens_per_second"]), _fmt(r["train_padded_tokens_per_second"]),
+            _fmt(r["train_subtokens_per_second"]), _fmt(r.get("train_subtokens_per_cpu_second")),
+            _fmt(r["train_padded_tokens_per_second"]),
             _fmt(100 * r["train_fed"]["padding_fraction"], 1),
             _fmt(gflops, 1), _fmt(100 * gflops / fp32_gflops if gflops and fp32_gflops else None, 0),
             "/".join(_fmt(100 * f1[s]["conlleval"], 2) for s in ("valid", "test") if s in f1) or "-",
@@ -212,7 +243,7 @@ def table_rows(runs, flops_per_token, fp32_gflops):
     return rows
 
 
-HEADER = ["trainer", "threads", "rep", "train s", "sent/s", "subtok/s", "padded/s", "pad %", "GFLOP/s",
+HEADER = ["trainer", "threads", "rep", "train s", "sent/s", "subtok/s", "subtok/cpu-s", "padded/s", "pad %", "GFLOP/s",
           "% fp32 peak", "F1 dev/test (conlleval)", "F1 dev/test (strict)", "eval s dev/test", "peak RSS MiB",
           "cpu util"]
 
@@ -240,7 +271,9 @@ def medians(runs):
         out.append({"trainer": trainer, "threads": threads, "repeats": len(rs),
                     **{k: statistics.median(x[k] for x in rs) for k in
                        ("train_seconds", "train_sentences_per_second", "train_subtokens_per_second",
-                        "train_padded_tokens_per_second")}})
+                        "train_padded_tokens_per_second")},
+                    "train_subtokens_per_cpu_second": statistics.median(
+                        x.get("train_subtokens_per_cpu_second") or 0 for x in rs)})
     return out
 
 

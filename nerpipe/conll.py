@@ -2,7 +2,8 @@
 
 Format (see the data README): one token per line, columns separated by whitespace, the NER tag in
 the last column; a blank line ends a sentence; `-DOCSTART-` lines start documents and are not
-sentences. CRLF line endings, tabs, extra blank lines and files already in IOB2 are accepted.
+sentences. CRLF line endings, tabs, extra blank lines, a UTF-8 byte-order mark and files already in
+IOB2 are accepted.
 """
 
 import re
@@ -44,6 +45,8 @@ def read_conll(path):
     sentences, current, doc_id, n_columns = [], Sentence(), -1, None
     for lineno, raw in enumerate(raw_lines, start=1):
         line = _decode(raw, path, lineno).rstrip("\r\n")
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 BOM would otherwise turn -DOCSTART- into a word
         columns = line.split()
         if not columns:
             if current.words:

@@ -1,6 +1,7 @@
 """Load tokenizers and token-classification models safely: safetensors only, never remote code."""
 
 import os
+from pathlib import Path
 
 import torch
 import transformers
@@ -16,6 +17,9 @@ def _explain(name, err):
             "(offline? set model.name to a local model directory, e.g. `make repro MODEL=/path/to/model`)")
     if os.path.isdir(name):
         hint = "the directory exists but holds no loadable model (config.json, safetensors weights, tokenizer)"
+    if "custom code" in str(err):
+        hint = ("it needs its own Python code to load (auto_map in config.json), and nerpipe never runs a "
+                "model's code (trust_remote_code=False); use a model type transformers supports natively")
     return UserError(f"model.name {name!r}: {hint}.\n  cause: {type(err).__name__}: {str(err).splitlines()[0]}")
 
 
@@ -27,7 +31,21 @@ def load_config(name):
     if type(config) not in AutoModelForTokenClassification._model_mapping:
         raise UserError(f"model.name {name!r}: model type {config.model_type!r} has no token-classification "
                         "head in transformers; use a BERT-family encoder (bert, roberta, deberta, ...)")
+    _check_safetensors(name)
     return config
+
+
+def _check_safetensors(name):
+    """A local directory must hold safetensors weights: pickled ones (pytorch_model.bin) can run code
+    when loaded, so they never are. Checked with the config, before any data work; a hub id is
+    checked when its weights load (use_safetensors=True)."""
+    if not os.path.isdir(name) or any(Path(name).glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in Path(name).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    found = f"it holds {', '.join(pickled)} but" if pickled else "it"
+    raise UserError(f"model.name {name!r}: {found} has no *.safetensors weights, and only safetensors are "
+                    "loaded (pickled weights can run code); convert the model, e.g. load it and "
+                    "save_pretrained(dir, safe_serialization=True) where you trust it")
 
 
 def load_tokenizer(name):

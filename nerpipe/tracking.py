@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -77,8 +78,11 @@ def _check_reachable(uri):
     try:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S)
     except requests.RequestException as err:
-        raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached: "
-                        f"{type(err).__name__}; {hint}") from None
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(err))
+        reason = (f"no answer within {REACH_TIMEOUT_S} s" if isinstance(err, requests.Timeout)
+                  else errno.group(0) if errno else type(err).__name__)
+        raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached: {reason}; "
+                        f"{hint}") from None
     if response.status_code >= 500 or response.status_code in (401, 403):
         raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) answered HTTP "
                         f"{response.status_code} {response.reason}; {hint}")
@@ -183,8 +187,8 @@ def log_training(metrics, seconds, data, reports, model, example, register_as=""
 
 
 def _log_model(model_dir, example, register_as):
-    """A token-classification pipeline with a string-in, string-out signature; its pyfunc answers
-    with the predicted labels of the non-O sub-tokens, comma-joined."""
+    """A token-classification pipeline with a string-in, string-out signature: its pyfunc answers each
+    sentence with the predicted label of every sub-token, comma-joined ("B-PER,I-PER,O,B-LOC")."""
     import mlflow.transformers
     import torch
     import transformers
@@ -205,7 +209,10 @@ def _log_model(model_dir, example, register_as):
     mlflow.transformers.log_model(
         pipeline, name="model", task="token-classification", input_example=[example],
         signature=ModelSignature(Schema([ColSpec(DataType.string)]), Schema([ColSpec(DataType.string)])),
-        pip_requirements=requirements, registered_model_name=register_as or None)
+        pip_requirements=requirements, registered_model_name=register_as or None,
+        # O sub-tokens too: by default the pipeline drops them, and MLflow's pyfunc then fails with an
+        # IndexError on a sentence without entities instead of answering.
+        model_config={"ignore_labels": []})
 
 
 def write_run_file(path, run):

@@ -18,8 +18,11 @@ from nerpipe.params import SPLITS, load_params
 from nerpipe.preparation import prepare_split
 
 
-def check_max_length(max_length, model_name):
-    limit = getattr(load_config(model_name), "max_position_embeddings", None)
+def check_max_length(max_length, model_name, tokenizer):
+    # The tokenizer's model_max_length is the usable bound where position ids are offset: RoBERTa's
+    # 514 position embeddings take 512 tokens. Tokenizers that do not know say 1e30.
+    bounds = [getattr(load_config(model_name), "max_position_embeddings", None), tokenizer.model_max_length]
+    limit = min((b for b in bounds if b and b < 1_000_000), default=None)
     if limit and max_length > limit:
         raise UserError(f"prepare.max_length: {max_length} exceeds what model {model_name!r} supports "
                         f"({limit} positions); set prepare.max_length <= {limit}")
@@ -34,7 +37,7 @@ def main():
     with exit_on_user_error():
         params = load_params(args.params)
         tokenizer = load_tokenizer(params.model.name)
-        check_max_length(params.prepare.max_length, params.model.name)
+        check_max_length(params.prepare.max_length, params.model.name, tokenizer)
         started = time.perf_counter()
         sentences = {split: read_conll(args.raw / f"{split}.txt") for split in SPLITS}
         if params.prepare.max_train_sentences:

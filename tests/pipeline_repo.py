@@ -28,7 +28,9 @@ class PipelineRepo:
         self.root = Path(root)
         self.env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
                     "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "TQDM_DISABLE": "1",
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                    # Stages import the repository's own copy of nerpipe, not the editable install.
+                    "PYTHONPATH": str(self.root), **(env or {})}
         self.env.pop("MLFLOW_TRACKING_URI", None) if not (env and "MLFLOW_TRACKING_URI" in env) else None
 
     @classmethod

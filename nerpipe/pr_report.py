@@ -195,6 +195,9 @@ def build_report(repo, base, head=None, out_dir=None):
              "Entity-level micro F1 in % (conlleval mode); Δ is PR minus base, in points (seconds for train time); "
              "– where a revision has no value.",
              metrics_table(metrics), "### Changed params", params_table(params)]
+    if not metrics:
+        parts.insert(2, f"Neither revision has {EVAL_METRICS} or {TRAIN_METRICS}: run the pipeline and commit "
+                        "them (DVC does not cache them, so git holds them).")
     if out_dir is not None:
         parts += ["### Plots", "\n\n".join(draw_plots(repo, base, head, out_dir))]
     return "\n\n".join(parts) + "\n"

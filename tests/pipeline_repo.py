@@ -44,7 +44,7 @@ class PipelineRepo:
             else:
                 shutil.copy(src, repo.root / name)
         set_params(repo.root / "params.yaml", overrides)
-        (repo.root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
+        (repo.root / ".gitignore").write_text("mlflow.db\nmlruns/\nmlartifacts/\n__pycache__/\n/data/checkpoints/\n")
         repo.run("git", "init", "-q")
         repo.run("dvc", "init", "-q")
         repo.run("dvc", "config", "core.autostage", "true")

@@ -127,6 +127,12 @@ def test_a_base_without_results_shows_dashes(repo, tmp_path):
     assert "![Dev F1 during training](dev-f1-during-training.png)" in report  # drawn for the one revision
 
 
+def test_no_results_at_either_revision_says_what_to_do(repo, capsys):
+    main(["pr-report", "--repo", str(repo), "--base", "HEAD~2", "--head", "HEAD~2"])
+    assert "Neither revision has reports/eval/metrics.json or reports/train/metrics.json: run the pipeline and " \
+           "commit them" in capsys.readouterr().out
+
+
 def test_unknown_revision_is_named(repo, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["pr-report", "--repo", str(repo), "--base", "no-such-branch"])

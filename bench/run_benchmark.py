@@ -19,8 +19,10 @@ Speed columns, all over the training call only (evaluation is timed separately):
               processes on this shared machine, best compared at 1 thread (2 threads count
               OpenMP spin-waiting as CPU time)
   padded/s    sub-tokens including padding, i.e. what the matmuls processed / train seconds
-  GFLOP/s     padded tokens * model train FLOPs per token (bench/flops.py) / train seconds
-  %fp32 peak  that, as a share of the sustained fp32 torch.mm GFLOP/s measured by bench/matmul.py
+  GFLOP/cpu-s padded tokens * model train FLOPs per token (bench/flops.py) / (train seconds * cpu util
+              * threads): model FLOPs per CPU second the trainer actually got
+  % of fp32 mm  that, as a share of a 2048^3 fp32 torch.mm on the same threads, also per CPU second
+              (bench/matmul.py): how close training gets to plain GEMM speed
 The machine is shared: `cpu util` (process CPU seconds / (wall * threads)) well below 1 means other
 processes took cores during the run; treat such a row's speed as a lower bound.
 """
@@ -72,6 +74,8 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
                       max_grad_norm=max_grad_norm, seed=seed, dropout=0.1, eval_every_steps=0, patience=0,
                       checkpoint_every=0, bf16="off")
     train_split, dev_split = data.splits["train"], data.splits["valid"]
+    if "valid" not in eval_splits:  # a speed-only run: keep fit()'s end-of-epoch dev evaluation short
+        dev_split = _first_sentences(dev_split, 64)
     train = WindowedExamples(train_split.examples)
     dev = DevSet(WindowedExamples(dev_split.examples), dev_split.words, dev_split.gold, data.id2label,
                  eval_batch_size)
@@ -159,6 +163,12 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     }
 
 
+def _first_sentences(split, n):
+    from bench.data import Split
+    examples = split.examples.filter(lambda row: row["sentence_id"] < n).flatten_indices()
+    return Split(split.sentences.select(range(n)).flatten_indices(), examples)
+
+
 # --------------------------------------------------------------------------------------------------
 # Worker: one training run in this process.
 # --------------------------------------------------------------------------------------------------
@@ -218,6 +228,7 @@ def _fmt(value, digits=0):
 
 
 def table_rows(runs, flops_per_token, fp32_gflops):
+    """fp32_gflops: {threads: torch.mm fp32 GFLOP per CPU second} (median rate / cpu utilisation)."""
     rows = []
     for r in runs:
         spec = r["spec"]
@@ -225,7 +236,9 @@ def table_rows(runs, flops_per_token, fp32_gflops):
             rows.append([spec["trainer"], str(spec["threads"]), str(spec["repeat"]), "ERROR: " +
                          r["error"].splitlines()[-1][:80]] + [""] * (len(HEADER) - 4))
             continue
-        gflops = r["train_padded_tokens_per_second"] * flops_per_token / 1e9 if flops_per_token else None
+        # Per CPU second, so that time other processes took does not count against the trainer.
+        cpu_scale = r["cpu_utilisation"] * r["config"]["threads"]
+        gflops = r["train_padded_tokens_per_second"] * flops_per_token / 1e9 / cpu_scale if flops_per_token else None
         f1 = r.get("f1", {})
         rows.append([
             spec["trainer"], str(r["config"]["threads"]), str(spec["repeat"]),
@@ -233,7 +246,8 @@ def table_rows(runs, flops_per_token, fp32_gflops):
             _fmt(r["train_subtokens_per_second"]), _fmt(r.get("train_subtokens_per_cpu_second")),
             _fmt(r["train_padded_tokens_per_second"]),
             _fmt(100 * r["train_fed"]["padding_fraction"], 1),
-            _fmt(gflops, 1), _fmt(100 * gflops / fp32_gflops if gflops and fp32_gflops else None, 0),
+            _fmt(gflops, 1), _fmt(100 * gflops / fp32_gflops[r["config"]["threads"]]
+                                  if gflops and r["config"]["threads"] in fp32_gflops else None, 0),
             "/".join(_fmt(100 * f1[s]["conlleval"], 2) for s in ("valid", "test") if s in f1) or "-",
             "/".join(_fmt(100 * f1[s]["strict"], 2) for s in ("valid", "test") if s in f1) or "-",
             "/".join(_fmt(v, 1) for v in r["eval_seconds"].values()) or "-",
@@ -243,8 +257,8 @@ def table_rows(runs, flops_per_token, fp32_gflops):
     return rows
 
 
-HEADER = ["trainer", "threads", "rep", "train s", "sent/s", "subtok/s", "subtok/cpu-s", "padded/s", "pad %", "GFLOP/s",
-          "% fp32 peak", "F1 dev/test (conlleval)", "F1 dev/test (strict)", "eval s dev/test", "peak RSS MiB",
+HEADER = ["trainer", "threads", "rep", "train s", "sent/s", "subtok/s", "subtok/cpu-s", "padded/s", "pad %",
+          "GFLOP/cpu-s", "% of fp32 mm", "F1 dev/test (conlleval)", "F1 dev/test (strict)", "eval s dev/test", "peak RSS MiB",
           "cpu util"]
 
 
@@ -292,9 +306,9 @@ def write_report(report, out):
     runs = report["runs"]
     report["medians"] = medians(runs)
     flops_per_token = report["flops"]["flops_per_token"]
-    threads = max((r["spec"]["threads"] for r in runs), default=2)
-    fp32 = [m["gflops_median"] for m in report.get("matmul", []) if m["dtype"] == "fp32" and m["threads"] == threads]
-    rows = table_rows(runs, flops_per_token, fp32[0] if fp32 else None)
+    fp32 = {m["threads"]: m["gflops_median"] / (m["cpu_utilisation"] or 1)
+            for m in report.get("matmul", []) if m["dtype"] == "fp32"}
+    rows = table_rows(runs, flops_per_token, fp32)
     print()
     print(plain_table(rows))
     out.parent.mkdir(parents=True, exist_ok=True)

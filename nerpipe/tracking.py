@@ -193,7 +193,7 @@ def _log_model(model_dir, example, register_as):
     import torch
     import transformers
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     from nerpipe.modeling import load_tokenizer, load_trained
 
@@ -206,13 +206,14 @@ def _log_model(model_dir, example, register_as):
     # list names for every torch model and which this project does not need.
     requirements = [f"transformers=={transformers.__version__}",
                     f"torch=={torch.__version__.split('+')[0]}"]
+    # ignore_labels=[] keeps O sub-tokens: by default the pipeline drops them, and MLflow's pyfunc then
+    # fails (IndexError) on a sentence without entities. A signature param with a default rather than
+    # model_config, which log_model would also log as run params.
+    signature = ModelSignature(Schema([ColSpec(DataType.string)]), Schema([ColSpec(DataType.string)]),
+                               params=ParamSchema([ParamSpec("ignore_labels", DataType.string, [], shape=(-1,))]))
     mlflow.transformers.log_model(
-        pipeline, name="model", task="token-classification", input_example=[example],
-        signature=ModelSignature(Schema([ColSpec(DataType.string)]), Schema([ColSpec(DataType.string)])),
-        pip_requirements=requirements, registered_model_name=register_as or None,
-        # O sub-tokens too: by default the pipeline drops them, and MLflow's pyfunc then fails with an
-        # IndexError on a sentence without entities instead of answering.
-        model_config={"ignore_labels": []})
+        pipeline, name="model", task="token-classification", input_example=[example], signature=signature,
+        pip_requirements=requirements, registered_model_name=register_as or None)
 
 
 def write_run_file(path, run):
@@ -226,8 +227,9 @@ def run_of_model(run_file):
     uri = tracking_uri()
     _check_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    db = _sqlite_file(uri)
     with _store_lock():
-        found = _existing_run(info["run_id"])
+        found = (db is None or db.exists()) and _existing_run(info["run_id"])  # a client would create a missing db
     if not found:
         raise UserError(f"{run_file}: MLflow run {info['run_id']} is not in the tracking store {uri} (it was "
                         f"recorded in {info['tracking_uri']}); point MLFLOW_TRACKING_URI there, or re-train "
@@ -260,7 +262,7 @@ def log_report(run_id, report, figures, lock_file=Path("dvc.lock")):
     """report.md, the PNG figures, and dvc.lock with a tag per stage (md5 of its lock entry) and per
     output (its md5). The report stage's own lock entry is written by DVC after it ends, so it is
     not tagged."""
-    lock = read_yaml(lock_file).get("stages", {})
+    lock = read_yaml(lock_file).get("stages", {}) if lock_file.exists() else {}  # none before DVC's first stage
     tags = {}
     for stage, entry in lock.items():
         if stage != "report":
@@ -269,7 +271,8 @@ def log_report(run_id, report, figures, lock_file=Path("dvc.lock")):
     with _store_lock(), mlflow.start_run(run_id=run_id):
         mlflow.log_artifact(str(report))
         mlflow.log_artifacts(str(figures), artifact_path="figures")
-        mlflow.log_artifact(str(lock_file))
+        if lock_file.exists():
+            mlflow.log_artifact(str(lock_file))
         mlflow.set_tags(tags)
 
 
@@ -297,7 +300,8 @@ def _provenance_tags(params, device):
         dirty = _changed_sources(commit)
         tags |= {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
         if dirty:
-            tags["git.dirty_files"] = ", ".join(dirty[:20]) + (f" and {len(dirty) - 20} more" if len(dirty) > 20 else "")
+            more = f" and {len(dirty) - 20} more" if len(dirty) > 20 else ""
+            tags["git.dirty_files"] = ", ".join(dirty[:20]) + more
     return tags
 
 

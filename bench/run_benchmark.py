@@ -53,7 +53,6 @@ def offline_model():
 def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, weight_decay, max_grad_norm,
                 eval_batch_size, threads, eval_splits):
     """Train with nerpipe.training.fit on the benchmark rows, predict with nerpipe.inference; score."""
-    import numpy as np
     import torch
 
     from bench.hf_trainer import peak_rss_mib
@@ -228,7 +227,7 @@ def _fmt(value, digits=0):
 
 
 def table_rows(runs, flops_per_token, fp32_gflops):
-    """fp32_gflops: {threads: torch.mm fp32 GFLOP per CPU second} (median rate / cpu utilisation)."""
+    """fp32_gflops: {threads: torch.mm fp32 GFLOP per CPU second} (median rate / (cpu utilisation * threads))."""
     rows = []
     for r in runs:
         spec = r["spec"]
@@ -258,8 +257,8 @@ def table_rows(runs, flops_per_token, fp32_gflops):
 
 
 HEADER = ["trainer", "threads", "rep", "train s", "sent/s", "subtok/s", "subtok/cpu-s", "padded/s", "pad %",
-          "GFLOP/cpu-s", "% of fp32 mm", "F1 dev/test (conlleval)", "F1 dev/test (strict)", "eval s dev/test", "peak RSS MiB",
-          "cpu util"]
+          "GFLOP/cpu-s", "% of fp32 mm", "F1 dev/test (conlleval)", "F1 dev/test (strict)", "eval s dev/test",
+          "peak RSS MiB", "cpu util"]
 
 
 def markdown_table(rows):
@@ -306,8 +305,8 @@ def write_report(report, out):
     runs = report["runs"]
     report["medians"] = medians(runs)
     flops_per_token = report["flops"]["flops_per_token"]
-    fp32 = {m["threads"]: m["gflops_median"] / (m["cpu_utilisation"] or 1)
-            for m in report.get("matmul", []) if m["dtype"] == "fp32"}
+    fp32 = {m["threads"]: m["gflops_median"] / ((m["cpu_utilisation"] or 1) * m["threads"])
+            for m in report.get("matmul", []) if m["dtype"] == "fp32"}  # GFLOP per CPU second
     rows = table_rows(runs, flops_per_token, fp32)
     print()
     print(plain_table(rows))
@@ -331,7 +330,17 @@ def write_report(report, out):
 
 
 def merge(paths, out):
-    reports = [json.loads(Path(p).read_text()) for p in paths]
+    """Combine run_benchmark JSONs; a bench.matmul --out JSON among them supplies the matmul reference."""
+    loaded = [json.loads(Path(p).read_text()) for p in paths]
+    reports = [r for r in loaded if "runs" in r]
+    for r in loaded:
+        if "summary" in r and "runs" not in r:  # bench.matmul output: its 2048^3 plain torch.mm rows
+            rows = [m for m in r["summary"] + r.get("sweep", []) if (m["m"], m["k"], m["n"], m["op"], m["layout"])
+                    == (2048, 2048, 2048, "mm", "nn")]
+            picked = {}
+            for m in rows:
+                picked.setdefault((m["dtype"], m["threads"]), m)
+            reports[0]["matmul"] = sorted(picked.values(), key=lambda m: (m["threads"], m["dtype"]))
     merged = {"environment": reports[0]["environment"], "merged_from": [str(p) for p in paths],
               "args": [r["args"] for r in reports], "runs": [run for r in reports for run in r["runs"]]}
     merged["environment"]["loadavg_end"] = reports[-1]["environment"]["loadavg_end"]

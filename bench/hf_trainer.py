@@ -192,7 +192,7 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
         "train_subtokens_per_second": round(fed["tokens"] / train_seconds, 1),
         "train_padded_tokens_per_second": round(fed["padded_tokens"] / train_seconds, 1),
         "train_fed": fed,
-        "train_loss": round(float(train_output.training_loss), 5),
+        "train_loss": round(float(train_output.training_loss), 5),  # mean over all steps
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
         "train_cpu_seconds": round(cpu_seconds, 3),
         "train_subtokens_per_cpu_second": round(fed["tokens"] / cpu_seconds, 1),

@@ -143,7 +143,7 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
         "train_padded_tokens_per_second": round(padded / train_seconds, 1),
         "train_fed": {"rows": state.sentences_seen, "tokens": state.tokens_seen, "padded_tokens": padded,
                       "padding_fraction": round(1 - state.tokens_seen / max(padded, 1), 4)},
-        "train_loss": state.history[-1]["loss"] if state.history else None,
+        "train_loss_last_log": state.history[-1]["loss"] if state.history else None,  # not the epoch mean
         "loss_history": state.history,
         "dev_eval_and_save_seconds_in_fit": round(side["wall"], 3),
         "train_cpu_seconds": round(cpu_seconds, 3),

@@ -86,8 +86,9 @@ def build_optimizer(model, lr, weight_decay, device):
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"  # the fused kernel exists only for accelerators
-    return torch.optim.AdamW(groups, lr=lr, fused=fused, foreach=None if fused else True)
+    # The fused kernel exists for CPU too since torch 2.4: one MiniLM step takes 16 ms fused vs
+    # ~90 ms foreach on the 2-core CPU here (bench/optimizer_step.py).
+    return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 
 def plan_steps(n_examples, cfg):

@@ -38,7 +38,12 @@ import tempfile
 import time
 from pathlib import Path
 
-TRAINERS = {"hf-random": ("hf", "random"), "hf-group": ("hf", "group_by_length"), "nerpipe": ("nerpipe", None)}
+# name -> (kind, HF train_sampling_strategy or nerpipe TrainParams overrides). "nerpipe" is its defaults;
+# the other nerpipe rows switch one lever off, to show what each one is worth.
+TRAINERS = {"hf-random": ("hf", "random"), "hf-group": ("hf", "group_by_length"), "nerpipe": ("nerpipe", {}),
+            "nerpipe-fp32": ("nerpipe", {"bf16": "off"}), "nerpipe-unpacked": ("nerpipe", {"pack_length": 0}),
+            "nerpipe-fp32-unpacked": ("nerpipe", {"bf16": "off", "pack_length": 0})}
+DEFAULT_TRAINERS = ["hf-random", "hf-group", "nerpipe"]
 QUICK_TRAIN_SENTENCES = 2000
 
 
@@ -51,7 +56,7 @@ def offline_model():
 # bench.hf_trainer.train_and_evaluate returns) when nerpipe.training changes.
 # --------------------------------------------------------------------------------------------------
 def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, weight_decay, max_grad_norm,
-                eval_batch_size, threads, eval_splits):
+                eval_batch_size, threads, eval_splits, overrides=None):
     """Train with nerpipe.training.fit on the benchmark rows, predict with nerpipe.inference; score."""
     import torch
 
@@ -60,6 +65,7 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     from nerpipe.checkpoints import Checkpoints
     from nerpipe.inference import WindowedExamples, predict_tags
     from nerpipe.modeling import load_for_training, load_tokenizer, load_trained
+    from nerpipe.packing import first_fit_decreasing
     from nerpipe.params import TrainParams
     from nerpipe.scoring import score_split
     from nerpipe import training as nerpipe_training
@@ -71,7 +77,8 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     tokenizer = load_tokenizer(model_dir)
     cfg = TrainParams(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                       max_grad_norm=max_grad_norm, seed=seed, dropout=0.1, eval_every_steps=0, patience=0,
-                      checkpoint_every=0, bf16="off")
+                      checkpoint_every=0, **(overrides or {}))
+    bf16 = nerpipe_training.use_bf16(cfg.bf16, device)
     train_split, dev_split = data.splits["train"], data.splits["valid"]
     if "valid" not in eval_splits:  # a speed-only run: keep fit()'s end-of-epoch dev evaluation short
         dev_split = _first_sentences(dev_split, 64)
@@ -117,17 +124,19 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
             split = data.splits[name]
             started = time.perf_counter()
             pred = predict_tags(best, WindowedExamples(split.examples), split.words, data.id2label,
-                                tokenizer.pad_token_id, eval_batch_size, device, False, progress=False)
+                                tokenizer.pad_token_id, eval_batch_size, device, bf16, progress=False)
             eval_seconds[name] = time.perf_counter() - started
             scores[name] = score_split(split.gold, pred)
     train_seconds = state.train_seconds  # nerpipe's own clock: optimizer steps only, dev evals excluded
     lengths = train.input_ids.lengths()
-    padded = sum(int(lengths[b].max()) * len(b) for e in range(state.epoch)
-                 for b in length_grouped_batches(lengths, batch_size, seed, e))
+    width = max(cfg.pack_length, int(lengths.max())) if cfg.pack_length else 0
+    padded = sum(len(first_fit_decreasing(lengths[b], width)) * width if width else int(lengths[b].max()) * len(b)
+                 for e in range(state.epoch) for b in length_grouped_batches(lengths, batch_size, seed, e))
     threads_used = torch.get_num_threads()
     return {
         "trainer": "nerpipe",
         "train_sampling_strategy": "nerpipe length_grouped_batches",
+        "bf16": bf16, "pack_length": cfg.pack_length,
         "config": {"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed, "warmup_ratio": warmup_ratio,
                    "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "eval_batch_size": eval_batch_size,
                    "threads": threads_used, "torch": torch.__version__},
@@ -190,6 +199,7 @@ def worker(spec):
                                     eval_splits=tuple(spec["eval_splits"]), **hyper)
     else:
         result = run_nerpipe(spec["model"], data, threads=spec["threads"], eval_splits=tuple(spec["eval_splits"]),
+                             overrides=strategy,
                              **hyper)
     result["data_seconds"] = round(data.seconds, 2)
     result["spec"] = spec
@@ -367,7 +377,7 @@ def main(argv=None):
     parser.add_argument("--eval-splits", nargs="+", default=["valid", "test"], help="'none' to skip evaluation")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, nargs="+", default=[2])
-    parser.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=list(TRAINERS))
+    parser.add_argument("--trainers", nargs="+", default=DEFAULT_TRAINERS, choices=list(TRAINERS))
     parser.add_argument("--model", default=None, help="model directory (default: the offline MiniLM-L6)")
     parser.add_argument("--no-matmul", action="store_true", help="skip the matmul GFLOP/s measurement")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per training run")

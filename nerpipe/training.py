@@ -16,6 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from nerpipe.batching import collate, length_grouped_batches
 from nerpipe.inference import autocast, predict_tags
+from nerpipe.packing import pack
 from nerpipe.scoring import entity_scores
 
 LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
@@ -48,6 +49,7 @@ class DevSet:
     gold: list
     id2label: dict
     batch_size: int
+    pack_width: int = 0
 
 
 class StopRequest:
@@ -76,7 +78,14 @@ class Interrupted(Exception):
 
 
 def use_bf16(setting, device):
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    """'auto': on CUDA, and on CPUs with native bf16 dot products (avx512_bf16 or AMX), where oneDNN's
+    bf16 matmuls run at about twice the fp32 rate (bench/NOTES_bf16.md); elsewhere bf16 is emulated."""
+    if setting != "auto":
+        return setting == "on"
+    if device.type == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return device.type == "cuda"
 
 
 def build_optimizer(model, lr, weight_decay, device):
@@ -98,18 +107,20 @@ def plan_steps(n_examples, cfg):
     return steps_per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
 
 
-def train_step(model, group, train, pad_id, device, bf16):
+def train_step(model, group, train, lengths, pad_id, device, bf16, pack_width=0):
     """One optimizer step's forward/backward over `group` (grad-accumulation micro-batches).
 
     The loss is summed over labelled tokens and divided by their total count in the whole step, so
-    every labelled token weighs the same however the step is split into micro-batches.
+    every labelled token weighs the same however the step is split into micro-batches. With
+    `pack_width`, each micro-batch's sentences are packed into rows of that width (nerpipe.packing).
     """
     n_tokens = sum(int((train.labels.row(i) >= 0).sum()) for batch in group for i in batch)
     pad_multiple = 8 if device.type == "cuda" else 1
     total = 0.0
     for indices in group:
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(
-            indices, train.input_ids, pad_id, train.labels, pad_multiple).items()}
+        tensors = (pack(indices, train.input_ids, pad_id, pack_width, train.labels) if pack_width else
+                   collate(indices, train.input_ids, pad_id, train.labels, pad_multiple))
+        batch = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
         labels = batch.pop("labels")
         with autocast(device, bf16):
             logits = model(**batch).logits  # (batch, seq_len, num_labels)
@@ -117,12 +128,12 @@ def train_step(model, group, train, pad_id, device, bf16):
             logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / max(n_tokens, 1)
         loss.backward()
         total += loss.item()
-    return total, sum(len(b) for b in group), sum(int(train.input_ids.lengths()[b].sum()) for b in group)
+    return total, sum(len(b) for b in group), sum(int(lengths[b].sum()) for b in group)
 
 
 def evaluate_dev(model, dev, pad_id, device, bf16):
     pred = predict_tags(model, dev.examples, dev.words, dev.id2label, pad_id, dev.batch_size, device, bf16,
-                        desc="dev", progress=False)
+                        desc="dev", progress=False, pack_width=dev.pack_width)
     return entity_scores(dev.gold, pred)
 
 
@@ -140,6 +151,7 @@ def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lamb
     state = checkpoints.resume(model, optimizer, scheduler) or TrainState()
     eval_every = cfg.eval_every_steps or steps_per_epoch
     lengths = train.input_ids.lengths()
+    pack_width = max(cfg.pack_length, int(lengths.max())) if cfg.pack_length else 0
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     with StopRequest() as stop:
         while state.epoch < cfg.epochs and not _finished(state, total_steps):
@@ -148,8 +160,8 @@ def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lamb
             while state.step_in_epoch < len(groups) and not _finished(state, total_steps):
                 model.train()
                 started = time.perf_counter()
-                loss, n_sentences, n_tokens = train_step(model, groups[state.step_in_epoch], train, pad_id,
-                                                         device, bf16)
+                loss, n_sentences, n_tokens = train_step(model, groups[state.step_in_epoch], train, lengths, pad_id,
+                                                         device, bf16, pack_width)
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()

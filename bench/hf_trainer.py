@@ -106,7 +106,7 @@ def predict_split(trainer, split, id2label):
 
 
 def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, seed=42, warmup_ratio=0.0,
-                       weight_decay=0.0, max_grad_norm=1.0, train_sampling_strategy="random",
+                       weight_decay=0.0, max_grad_norm=1.0, train_sampling_strategy="random", bf16=False,
                        eval_batch_size=64, threads=None, eval_splits=("valid", "test"), logging_steps=50,
                        output_dir=None):
     """Fine-tune with the HF Trainer on data.splits['train'], predict `eval_splits`; return a result dict.
@@ -151,6 +151,7 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
             logging_steps=logging_steps,
             report_to="none",
             use_cpu=True,
+            bf16=bf16,  # on CPU: torch.autocast("cpu", bfloat16) around forward, as nerpipe's train.bf16
             disable_tqdm=True,
             dataloader_num_workers=0,
             dataloader_pin_memory=False,
@@ -178,6 +179,7 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
     return {
         "trainer": "hf_trainer",
         "train_sampling_strategy": train_sampling_strategy,
+        "bf16": bf16,
         "config": {"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed,
                    "warmup_ratio": warmup_ratio, "warmup_steps": warmup_steps, "weight_decay": weight_decay,
                    "max_grad_norm": max_grad_norm, "eval_batch_size": eval_batch_size, "optim": str(args.optim),

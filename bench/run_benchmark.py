@@ -38,11 +38,14 @@ import tempfile
 import time
 from pathlib import Path
 
-# name -> (kind, HF train_sampling_strategy or nerpipe TrainParams overrides). "nerpipe" is its defaults;
-# the other nerpipe rows switch one lever off, to show what each one is worth.
-TRAINERS = {"hf-random": ("hf", "random"), "hf-group": ("hf", "group_by_length"), "nerpipe": ("nerpipe", {}),
-            "nerpipe-fp32": ("nerpipe", {"bf16": "off"}), "nerpipe-unpacked": ("nerpipe", {"pack_length": 0}),
-            "nerpipe-fp32-unpacked": ("nerpipe", {"bf16": "off", "pack_length": 0})}
+# name -> (kind, keyword arguments of bench.hf_trainer.train_and_evaluate or nerpipe TrainParams overrides).
+# "nerpipe" runs its defaults; "nerpipe-fp32" switches bf16 off and "hf-group-bf16" switches it on for the
+# Trainer, to show what that one lever is worth on each side.
+TRAINERS = {"hf-random": ("hf", {"train_sampling_strategy": "random"}),
+            "hf-group": ("hf", {"train_sampling_strategy": "group_by_length"}),
+            "hf-group-bf16": ("hf", {"train_sampling_strategy": "group_by_length", "bf16": True}),
+            "nerpipe": ("nerpipe", {}),
+            "nerpipe-fp32": ("nerpipe", {"bf16": "off"})}
 DEFAULT_TRAINERS = ["hf-random", "hf-group", "nerpipe"]
 QUICK_TRAIN_SENTENCES = 2000
 
@@ -65,7 +68,6 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     from nerpipe.checkpoints import Checkpoints
     from nerpipe.inference import WindowedExamples, predict_tags
     from nerpipe.modeling import load_for_training, load_tokenizer, load_trained
-    from nerpipe.packing import first_fit_decreasing
     from nerpipe.params import TrainParams
     from nerpipe.scoring import score_split
     from nerpipe import training as nerpipe_training
@@ -129,14 +131,13 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
             scores[name] = score_split(split.gold, pred)
     train_seconds = state.train_seconds  # nerpipe's own clock: optimizer steps only, dev evals excluded
     lengths = train.input_ids.lengths()
-    width = max(cfg.pack_length, int(lengths.max())) if cfg.pack_length else 0
-    padded = sum(len(first_fit_decreasing(lengths[b], width)) * width if width else int(lengths[b].max()) * len(b)
-                 for e in range(state.epoch) for b in length_grouped_batches(lengths, batch_size, seed, e))
+    padded = sum(int(lengths[b].max()) * len(b) for e in range(state.epoch)
+                 for b in length_grouped_batches(lengths, batch_size, seed, e))
     threads_used = torch.get_num_threads()
     return {
         "trainer": "nerpipe",
         "train_sampling_strategy": "nerpipe length_grouped_batches",
-        "bf16": bf16, "pack_length": cfg.pack_length,
+        "bf16": bf16,
         "config": {"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed, "warmup_ratio": warmup_ratio,
                    "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "eval_batch_size": eval_batch_size,
                    "threads": threads_used, "torch": torch.__version__},
@@ -191,15 +192,15 @@ def worker(spec):
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     # All three splits always: the label list is built over all of them, as stages/prepare.py does.
     data = load_data(tokenizer, train_sentences=spec["train_sentences"])
-    kind, strategy = TRAINERS[spec["trainer"]]
+    kind, options = TRAINERS[spec["trainer"]]
     hyper = {k: spec[k] for k in ("lr", "batch_size", "epochs", "seed", "warmup_ratio", "weight_decay",
                                   "max_grad_norm", "eval_batch_size")}
     if kind == "hf":
-        result = train_and_evaluate(spec["model"], data, train_sampling_strategy=strategy, threads=spec["threads"],
+        result = train_and_evaluate(spec["model"], data, **options, threads=spec["threads"],
                                     eval_splits=tuple(spec["eval_splits"]), **hyper)
     else:
         result = run_nerpipe(spec["model"], data, threads=spec["threads"], eval_splits=tuple(spec["eval_splits"]),
-                             overrides=strategy,
+                             overrides=options,
                              **hyper)
     result["data_seconds"] = round(data.seconds, 2)
     result["spec"] = spec

@@ -12,14 +12,14 @@ from nerpipe.scoring import score_split
 EVAL_SPLITS = {"dev": "valid", "test": "test"}
 
 
-def evaluate_splits(model, data_dir, pad_id, batch_size, device, bf16=False, pack_width=0):
+def evaluate_splits(model, data_dir, pad_id, batch_size, device, bf16=False):
     """{'dev': (split, predicted tags, scores), 'test': ...} plus seconds spent per split."""
     results = {}
     for name, split in EVAL_SPLITS.items():
         started = time.perf_counter()
         data = PreparedSplit(data_dir, split)
         pred = predict_tags(model, data.examples, data.words, model.config.id2label, pad_id, batch_size, device,
-                            bf16, desc=name, pack_width=pack_width)
+                            bf16, desc=name)
         results[name] = {"data": data, "pred": pred, "scores": score_split(data.gold, pred),
                          "seconds": round(time.perf_counter() - started, 3)}
     return results

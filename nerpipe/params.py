@@ -103,16 +103,13 @@ class TrainParams:
     """Write a resumable checkpoint every N optimizer steps (0: never)."""
     bf16: str = "auto"
     """bf16 autocast: 'auto' (CUDA, or a CPU with avx512_bf16/AMX), 'on' or 'off'."""
-    pack_length: int = 128
-    """Pack a batch's sentences into rows of this many sub-tokens, each sentence attending only to
-    itself (0: one sentence per row, padded to the batch's longest). Raised to the longest window."""
 
     def problems(self):
         out = []
         positive = ("epochs", "batch_size", "grad_accum_steps")
         out += [f"train.{k}: must be >= 1, got {getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         non_negative = ("max_steps", "weight_decay", "warmup_ratio", "max_grad_norm", "eval_every_steps",
-                        "patience", "checkpoint_every", "seed", "pack_length")
+                        "patience", "checkpoint_every", "seed")
         out += [f"train.{k}: must be >= 0, got {getattr(self, k)}" for k in non_negative if getattr(self, k) < 0]
         if not 0 <= self.dropout < 1:
             out.append(f"train.dropout: must be in [0, 1), got {self.dropout}")

@@ -59,7 +59,7 @@ def window_settings(args):
     batch_size = _either(args.batch_size, params.evaluate.batch_size)
     if batch_size < 1:
         raise UserError(f"--batch-size: must be >= 1, got {batch_size}")
-    return prepare.max_length, prepare.window_overlap, batch_size, params.train.bf16
+    return prepare.max_length, prepare.window_overlap, batch_size, _either(args.bf16, params.train.bf16)
 
 
 def _either(flag, param):
@@ -83,6 +83,9 @@ def add_arguments(parser):
     parser.add_argument("--window-overlap", type=int, help="sub-tokens shared by neighbouring windows "
                                                             "(default: prepare.window_overlap)")
     parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: evaluate.batch_size)")
+    parser.add_argument("--bf16", choices=["auto", "on", "off"],
+                        help="bf16 autocast (default: train.bf16; 'auto' = CUDA or a CPU with avx512_bf16/AMX); "
+                             "'off' gives scores identical to an fp32 transformers pipeline")
 
 
 def run(args):

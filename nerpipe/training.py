@@ -16,7 +16,6 @@ from transformers import get_linear_schedule_with_warmup
 
 from nerpipe.batching import collate, length_grouped_batches
 from nerpipe.inference import autocast, predict_tags
-from nerpipe.packing import pack
 from nerpipe.scoring import entity_scores
 
 LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
@@ -49,7 +48,6 @@ class DevSet:
     gold: list
     id2label: dict
     batch_size: int
-    pack_width: int = 0
 
 
 class StopRequest:
@@ -107,20 +105,18 @@ def plan_steps(n_examples, cfg):
     return steps_per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
 
 
-def train_step(model, group, train, lengths, pad_id, device, bf16, pack_width=0):
+def train_step(model, group, train, lengths, pad_id, device, bf16):
     """One optimizer step's forward/backward over `group` (grad-accumulation micro-batches).
 
     The loss is summed over labelled tokens and divided by their total count in the whole step, so
-    every labelled token weighs the same however the step is split into micro-batches. With
-    `pack_width`, each micro-batch's sentences are packed into rows of that width (nerpipe.packing).
+    every labelled token weighs the same however the step is split into micro-batches.
     """
     n_tokens = sum(int((train.labels.row(i) >= 0).sum()) for batch in group for i in batch)
     pad_multiple = 8 if device.type == "cuda" else 1
     total = 0.0
     for indices in group:
-        tensors = (pack(indices, train.input_ids, pad_id, pack_width, train.labels) if pack_width else
-                   collate(indices, train.input_ids, pad_id, train.labels, pad_multiple))
-        batch = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(
+            indices, train.input_ids, pad_id, train.labels, pad_multiple).items()}
         labels = batch.pop("labels")
         with autocast(device, bf16):
             logits = model(**batch).logits  # (batch, seq_len, num_labels)
@@ -133,7 +129,7 @@ def train_step(model, group, train, lengths, pad_id, device, bf16, pack_width=0)
 
 def evaluate_dev(model, dev, pad_id, device, bf16):
     pred = predict_tags(model, dev.examples, dev.words, dev.id2label, pad_id, dev.batch_size, device, bf16,
-                        desc="dev", progress=False, pack_width=dev.pack_width)
+                        desc="dev", progress=False)
     return entity_scores(dev.gold, pred)
 
 
@@ -151,7 +147,6 @@ def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lamb
     state = checkpoints.resume(model, optimizer, scheduler) or TrainState()
     eval_every = cfg.eval_every_steps or steps_per_epoch
     lengths = train.input_ids.lengths()
-    pack_width = max(cfg.pack_length, int(lengths.max())) if cfg.pack_length else 0
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     with StopRequest() as stop:
         while state.epoch < cfg.epochs and not _finished(state, total_steps):
@@ -161,7 +156,7 @@ def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lamb
                 model.train()
                 started = time.perf_counter()
                 loss, n_sentences, n_tokens = train_step(model, groups[state.step_in_epoch], train, lengths, pad_id,
-                                                         device, bf16, pack_width)
+                                                         device, bf16)
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()

@@ -40,7 +40,7 @@ def main():
         model = load_trained(args.model).to(device)
         pad_id = load_tokenizer(str(args.model)).pad_token_id
         results = evaluate_splits(model, args.data, pad_id, params.evaluate.batch_size, device,
-                                  use_bf16(params.train.bf16, device), params.train.pack_length)
+                                  use_bf16(params.train.bf16, device))
         metrics = {name: r["scores"] for name, r in results.items()}
         metrics["before_finetuning"] = json.loads(args.untrained.read_text())
         metrics["seconds"] = {name: r["seconds"] for name, r in results.items()}

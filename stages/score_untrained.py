@@ -30,7 +30,7 @@ def main():
         model = load_for_training(params.model.name, read_labels(args.data), 0.0, params.train.seed)
         device = pick_device()
         results = evaluate_splits(model.to(device), args.data, load_tokenizer(params.model.name).pad_token_id,
-                                  params.evaluate.batch_size, device, pack_width=params.train.pack_length)
+                                  params.evaluate.batch_size, device)
         write_json(args.out, {**{name: {mode: r["scores"][mode] for mode in ("conlleval", "strict")}
                                  for name, r in results.items()},
                               "seconds": round(time.perf_counter() - started, 2)})  # a stage wall time for MLflow

@@ -56,8 +56,7 @@ def main():
         print(f"device {device}, {trainable:,} of {total:,} parameters train, {total_steps} optimizer steps")
         with tracking.training_run(experiment_id, params, checkpoints, device) as run:
             state = fit(model.to(device), train.examples,
-                        DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, params.train.batch_size,
-                               params.train.pack_length),
+                        DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, params.train.batch_size),
                         params.train, params.lr, tokenizer.pad_token_id, device, checkpoints,
                         on_metrics=tracking.step_logger(steps_per_epoch))
             with atomic_path(args.model_out, is_dir=True) as tmp:

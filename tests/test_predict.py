@@ -229,7 +229,9 @@ def test_transformers_pipeline_first_gives_the_same_entities(keyword_model_dir, 
     nerpipe/text_words.py, so U.S., don't or Jean-Pierre are several words there and one here. These
     texts avoid such words; Washington (3 pieces) and Siemens (2 pieces, the second labelled O) are
     multi-piece words, where "first" and nerpipe both read the first piece only."""
-    records = predict_jsonl(capsys, "--model", str(keyword_model_dir), *PIPELINE_TEXTS)
+    # fp32 like the pipeline: bf16 autocast (train.bf16: auto, on here where the CPU has avx512_bf16)
+    # moves scores by ~1e-3
+    records = predict_jsonl(capsys, "--model", str(keyword_model_dir), "--bf16", "off", *PIPELINE_TEXTS)
     ours = [[(e["text"], e["type"], e["start"], e["end"]) for e in r["entities"]] for r in records]
     theirs = pipeline_entities(keyword_model_dir, "first")
     assert [[e[:4] for e in line] for line in theirs] == ours
@@ -275,3 +277,13 @@ def test_mlflow_model_uri(keyword_model_dir, capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         main(["predict", "--model", "runs:/0123456789abcdef/model", "John"])
     assert "MLflow could not download it" in capsys.readouterr().err
+
+
+def test_bf16_flag_overrides_the_param_and_keeps_the_entities(keyword_model_dir, capsys):
+    args = ("--model", str(keyword_model_dir), *PIPELINE_TEXTS)
+    fp32, bf16 = predict_jsonl(capsys, "--bf16", "off", *args), predict_jsonl(capsys, "--bf16", "on", *args)
+    assert [spans(r) for r in bf16] == [spans(r) for r in fp32]
+    fp32_scores = [e["score"] for r in fp32 for e in r["entities"]]
+    bf16_scores = [e["score"] for r in bf16 for e in r["entities"]]
+    assert bf16_scores != fp32_scores  # autocast did run
+    assert bf16_scores == pytest.approx(fp32_scores, abs=2e-2)

@@ -297,8 +297,24 @@ def medians(runs):
                        ("train_seconds", "train_sentences_per_second", "train_subtokens_per_second",
                         "train_padded_tokens_per_second")},
                     "train_subtokens_per_cpu_second": statistics.median(
-                        x.get("train_subtokens_per_cpu_second") or 0 for x in rs)})
+                        x.get("train_subtokens_per_cpu_second") or 0 for x in rs),
+                    "dev_f1": statistics.median(x["f1"]["valid"]["conlleval"] for x in rs) if "valid" in rs[0].get(
+                        "f1", {}) else None})
     return out
+
+
+def ratio_lines(medians_):
+    """nerpipe's median speed over each other trainer's, at the same thread count, and the dev F1 gap."""
+    lines = []
+    for base in (m for m in medians_ if m["trainer"] == "nerpipe"):
+        for other in (m for m in medians_ if m["threads"] == base["threads"] and m["trainer"] != "nerpipe"):
+            line = (f"- nerpipe / {other['trainer']} ({base['threads']} threads, medians of {base['repeats']} and "
+                    f"{other['repeats']} runs): **{base['train_sentences_per_second'] / other['train_sentences_per_second']:.2f}x**"
+                    f" sentences/s")
+            if base["dev_f1"] is not None and other["dev_f1"] is not None:
+                line += f"; dev F1 (conlleval) {100 * (base['dev_f1'] - other['dev_f1']):+.2f} points"
+            lines.append(line)
+    return lines
 
 
 def environment():
@@ -321,6 +337,7 @@ def write_report(report, out):
     rows = table_rows(runs, flops_per_token, fp32)
     print()
     print(plain_table(rows))
+    print("\n".join(["", *ratio_lines(report["medians"])]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     env, spec = report["environment"], (runs[0]["spec"] if runs else {})
@@ -335,7 +352,8 @@ def write_report(report, out):
           f"- model train FLOPs per sub-token (seq 40): {flops_per_token / 1e6:.2f} M"]
     md += [f"- torch.mm {m['m']}^3 {m['dtype']} threads={m['threads']}: {m['gflops_median']} GFLOP/s "
            f"(cpu util {m['cpu_utilisation']})" for m in report.get("matmul", [])]
-    md += ["", markdown_table(rows), "", "Columns: see the docstring of bench/run_benchmark.py.", ""]
+    md += ["", markdown_table(rows), "", *ratio_lines(report["medians"]), "",
+           "Columns: see the docstring of bench/run_benchmark.py.", ""]
     out.with_suffix(".md").write_text("\n".join(md))
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
 
@@ -423,7 +441,9 @@ def main(argv=None):
     runs = []
     for repeat in range(args.repeats):
         for threads in args.threads:
-            for trainer in args.trainers:
+            # every other repeat in reverse order, so that a slow drift of the machine's speed does not
+            # favour whoever runs first
+            for trainer in (args.trainers if repeat % 2 == 0 else args.trainers[::-1]):
                 spec = {"trainer": trainer, "threads": threads, "repeat": repeat, "model": model_dir,
                         "train_sentences": train_sentences, "epochs": args.epochs, "batch_size": args.batch_size,
                         "lr": args.lr, "seed": args.seed, "warmup_ratio": args.warmup_ratio,

@@ -108,6 +108,7 @@ def predict_split(trainer, split, id2label):
 def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, seed=42, warmup_ratio=0.0,
                        weight_decay=0.0, max_grad_norm=1.0, train_sampling_strategy="random", bf16=False,
                        eval_batch_size=64, threads=None, eval_splits=("valid", "test"), logging_steps=50,
+                       device="cpu",
                        output_dir=None):
     """Fine-tune with the HF Trainer on data.splits['train'], predict `eval_splits`; return a result dict.
 
@@ -129,7 +130,10 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
     model = AutoModelForTokenClassification.from_pretrained(
         model_dir, num_labels=len(data.labels), id2label=data.id2label, label2id=data.label2id,
         use_safetensors=True)
-    collator = CountingCollator(DataCollatorForTokenClassification(tokenizer))
+    cuda = device == "cuda"
+    # On CUDA, run_ner.py's GPU recipe: bf16 autocast, TF32 for what stays fp32, rows padded to a
+    # multiple of 8 for the tensor cores.
+    collator = CountingCollator(DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if cuda else None))
     rss_before_train = peak_rss_mib()
 
     with tempfile.TemporaryDirectory(prefix="hf_trainer_") as tmp:
@@ -150,8 +154,9 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
             logging_strategy="steps",
             logging_steps=logging_steps,
             report_to="none",
-            use_cpu=True,
-            bf16=bf16,  # on CPU: torch.autocast("cpu", bfloat16) around forward, as nerpipe's train.bf16
+            use_cpu=not cuda,
+            bf16=bf16 or cuda,  # on CPU: torch.autocast("cpu", bfloat16) around forward, as nerpipe's train.bf16
+            tf32=True if cuda else None,
             disable_tqdm=True,
             dataloader_num_workers=0,
             dataloader_pin_memory=False,

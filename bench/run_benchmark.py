@@ -59,7 +59,7 @@ def offline_model():
 # bench.hf_trainer.train_and_evaluate returns) when nerpipe.training changes.
 # --------------------------------------------------------------------------------------------------
 def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, weight_decay, max_grad_norm,
-                eval_batch_size, threads, eval_splits, overrides=None):
+                eval_batch_size, threads, eval_splits, overrides=None, device="cpu"):
     """Train with nerpipe.training.fit on the benchmark rows, predict with nerpipe.inference; score."""
     import torch
 
@@ -67,7 +67,7 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     from nerpipe.batching import length_grouped_batches
     from nerpipe.checkpoints import Checkpoints
     from nerpipe.inference import WindowedExamples, predict_tags
-    from nerpipe.modeling import load_for_training, load_tokenizer, load_trained
+    from nerpipe.modeling import load_for_training, load_tokenizer, load_trained, pick_device
     from nerpipe.params import TrainParams
     from nerpipe.scoring import score_split
     from nerpipe import training as nerpipe_training
@@ -75,7 +75,7 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
 
     if threads:
         torch.set_num_threads(threads)
-    device = torch.device("cpu")
+    device = pick_device() if device == "cuda" else torch.device("cpu")  # pick_device also turns TF32 on
     tokenizer = load_tokenizer(model_dir)
     cfg = TrainParams(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                       max_grad_norm=max_grad_norm, seed=seed, dropout=0.1, eval_every_steps=0, patience=0,
@@ -87,7 +87,7 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     train = WindowedExamples(train_split.examples)
     dev = DevSet(WindowedExamples(dev_split.examples), dev_split.words, dev_split.gold, data.id2label,
                  eval_batch_size)
-    model = load_for_training(model_dir, data.labels, cfg.dropout, seed)
+    model = load_for_training(model_dir, data.labels, cfg.dropout, seed).to(device)
     rss_before_train = peak_rss_mib()
     # fit() evaluates dev and saves the best model inside its loop; time those separately so that the
     # CPU seconds of training alone can be reported (nerpipe's own train_seconds already excludes them).
@@ -120,7 +120,8 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
         fit_seconds = time.perf_counter() - wall0
         cpu_seconds = time.process_time() - cpu0 - side["cpu"]
         rss_after_train = peak_rss_mib()
-        best = load_trained(checkpoints.best_dir) if (checkpoints.best_dir / "config.json").exists() else model
+        best = (load_trained(checkpoints.best_dir).to(device) if (checkpoints.best_dir / "config.json").exists()
+                else model)
         scores, eval_seconds = {}, {}
         for name in eval_splits:
             split = data.splits[name]
@@ -196,10 +197,11 @@ def worker(spec):
     hyper = {k: spec[k] for k in ("lr", "batch_size", "epochs", "seed", "warmup_ratio", "weight_decay",
                                   "max_grad_norm", "eval_batch_size")}
     if kind == "hf":
-        result = train_and_evaluate(spec["model"], data, **options, threads=spec["threads"],
+        result = train_and_evaluate(spec["model"], data, **options, threads=spec["threads"], device=spec["device"],
                                     eval_splits=tuple(spec["eval_splits"]), **hyper)
     else:
         result = run_nerpipe(spec["model"], data, threads=spec["threads"], eval_splits=tuple(spec["eval_splits"]),
+                             device=spec["device"],
                              overrides=options,
                              **hyper)
     result["data_seconds"] = round(data.seconds, 2)
@@ -398,6 +400,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, nargs="+", default=[2])
     parser.add_argument("--trainers", nargs="+", default=DEFAULT_TRAINERS, choices=list(TRAINERS))
     parser.add_argument("--model", default=None, help="model directory (default: the offline MiniLM-L6)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: both trainers on the GPU with bf16 autocast, TF32, fused AdamW and rows padded "
+                             "to a multiple of 8 (pass --no-matmul: the matmul reference is a CPU one)")
     parser.add_argument("--no-matmul", action="store_true", help="skip the matmul GFLOP/s measurement")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per training run")
     parser.add_argument("--out", type=Path, default=Path("bench/results/benchmark.json"))
@@ -448,7 +453,8 @@ def main(argv=None):
                         "train_sentences": train_sentences, "epochs": args.epochs, "batch_size": args.batch_size,
                         "lr": args.lr, "seed": args.seed, "warmup_ratio": args.warmup_ratio,
                         "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
-                        "eval_batch_size": args.eval_batch_size, "eval_splits": eval_splits}
+                        "eval_batch_size": args.eval_batch_size, "eval_splits": eval_splits,
+                        "device": args.device}
                 print(f"run {trainer} threads={threads} repeat={repeat} ...", flush=True)
                 result = run_in_subprocess(spec, args.timeout)
                 runs.append(result)

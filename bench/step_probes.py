@@ -41,7 +41,7 @@ class Setup:
     def step(self, batch, model=None):
         """One optimizer step; seconds of (forward+backward, clip, AdamW, zero_grad)."""
         t0 = time.perf_counter()
-        train_step(model or self.model, [batch], self.train, self.lengths, self.pad_id, CPU, self.bf16)
+        train_step(self.model if model is None else model, [batch], self.train, self.lengths, self.pad_id, CPU, self.bf16)
         t1 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         t2 = time.perf_counter()

@@ -98,4 +98,9 @@ def count_parameters(model):
 
 
 def pick_device():
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present (with TF32 for the matmuls that stay fp32 under bf16 autocast), else CPU."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return torch.device("cuda")
+    return torch.device("cpu")

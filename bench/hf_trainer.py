@@ -132,7 +132,9 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
         use_safetensors=True)
     cuda = device == "cuda"
     # On CUDA, run_ner.py's GPU recipe: bf16 autocast, TF32 for what stays fp32, rows padded to a
-    # multiple of 8 for the tensor cores.
+    # multiple of 8 for the tensor cores. On CPU, bf16 is torch.autocast("cpu", bfloat16) around the
+    # forward pass, as nerpipe's train.bf16.
+    bf16 = bf16 or cuda
     collator = CountingCollator(DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if cuda else None))
     rss_before_train = peak_rss_mib()
 
@@ -155,7 +157,7 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
             logging_steps=logging_steps,
             report_to="none",
             use_cpu=not cuda,
-            bf16=bf16 or cuda,  # on CPU: torch.autocast("cpu", bfloat16) around forward, as nerpipe's train.bf16
+            bf16=bf16,
             tf32=True if cuda else None,
             disable_tqdm=True,
             dataloader_num_workers=0,

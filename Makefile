@@ -25,7 +25,7 @@ setup: $(VENV)/.installed
 
 repro: setup
 	@if [ -n "$(DATA)$(MODEL)" ]; then \
-	  $(BIN)/python -m nerpipe.set_params $(if $(DATA),data.source=$(DATA)) $(if $(MODEL),model.name=$(MODEL)); fi
+	  $(BIN)/python -m nerpipe.core.set_params $(if $(DATA),data.source=$(DATA)) $(if $(MODEL),model.name=$(MODEL)); fi
 	source $(BIN)/activate && dvc repro
 
 # The PR profile: a small CPU run on the real data that .github/workflows/pr-metrics.yml does for the

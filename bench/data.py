@@ -1,9 +1,9 @@
 """The benchmark's data: CoNLL-2003 read and tokenized exactly as nerpipe's `prepare` stage does it.
 
 Both trainers (the Hugging Face Trainer and nerpipe's loop) get the same rows: sentences parsed by
-`nerpipe.conll.read_conll`, converted IOB1 -> IOB2, tokenized and windowed by
-`nerpipe.alignment.build_examples` through `datasets.map(batched=True)`, the label list from
-`nerpipe.conll.label_list` over all splits (as stages/prepare.py builds it).
+`nerpipe.data.prepare.read_corpus` (parsed, converted IOB1 -> IOB2), tokenized and windowed by
+`nerpipe.data.alignment.build_examples` through `datasets.map(batched=True)`, the label list from
+the label list over all splits (as the prepare stage builds it).
 """
 
 import time
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from nerpipe.alignment import build_examples
-from nerpipe.conll import iob1_to_iob2, label_list, read_conll
+from nerpipe.data.alignment import build_examples
+from nerpipe.data.prepare import read_corpus
 
 CONLL_DIR = Path("/work/shared/data/conll2003")
 SPLIT_FILES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}
@@ -63,13 +63,7 @@ def load_data(tokenizer, train_sentences=0, data_dir=CONLL_DIR, max_length=128, 
               label_all_tokens=False, splits=("train", "valid", "test")):
     """Parse, convert and tokenize; `train_sentences` > 0 keeps only the first N training sentences."""
     started = time.perf_counter()
-    parsed = {name: read_conll(Path(data_dir) / SPLIT_FILES[name]) for name in splits}
-    if train_sentences and "train" in parsed:
-        parsed["train"] = parsed["train"][:train_sentences]
-    for sentences in parsed.values():
-        for s in sentences:
-            s.tags = iob1_to_iob2(s.tags)
-    labels = label_list(s.tags for sentences in parsed.values() for s in sentences)
+    parsed, labels = read_corpus({name: Path(data_dir) / SPLIT_FILES[name] for name in splits}, train_sentences)
     label2id = {label: i for i, label in enumerate(labels)}
     out = {}
     for name, sentences in parsed.items():

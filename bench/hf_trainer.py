@@ -13,7 +13,7 @@ run_ner.py's setup, reproduced here:
   - no evaluation during training, no checkpoints, `report_to="none"`, CPU only.
 
 The model is seeded with `transformers.set_seed(seed)` right before `from_pretrained`, as
-nerpipe.modeling.load_for_training does, so both trainers start from the same classifier head.
+nerpipe.model.loading.load_for_training does, so both trainers start from the same classifier head.
 
 Caveat found while writing this: with `train_sampling_strategy="group_by_length"` the Trainer also
 uses a LengthGroupedSampler for *prediction* (`Trainer._get_eval_sampler`), so `predict()` returns
@@ -31,11 +31,10 @@ import time
 import numpy as np
 import torch
 import transformers
-from transformers import (AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer,
-                          TrainingArguments)
+from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer, TrainingArguments
 
 from bench.data import rows_to_word_tags
-from nerpipe.scoring import score_split
+from nerpipe.evaluate.scoring import score_split
 
 STRATEGIES = ("random", "group_by_length")
 
@@ -94,7 +93,7 @@ def _check_order(label_ids, dataset, order):
 
 
 def predict_split(trainer, split, id2label):
-    """Predict one split, map first-sub-token predictions to words, score with nerpipe.scoring."""
+    """Predict one split, map first-sub-token predictions to words, score with nerpipe.evaluate.scoring."""
     started = time.perf_counter()
     out = trainer.predict(split.examples)
     seconds = time.perf_counter() - started

@@ -1,5 +1,5 @@
 """Time one AdamW step over all MiniLM-L6 parameters (22.6 M, 11.7 M of them the word embeddings):
-foreach (what nerpipe.training.build_optimizer uses on CPU) vs fused (the HF Trainer's default,
+foreach (what nerpipe.train.loop.build_optimizer uses on CPU) vs fused (the HF Trainer's default,
 `adamw_torch_fused`; torch has a fused CPU kernel since 2.4).
 
     PYTHONPATH=. .venv/bin/python -m bench.optimizer_step [--threads 1 2] [--steps 8]

@@ -56,22 +56,22 @@ def offline_model():
 
 # --------------------------------------------------------------------------------------------------
 # nerpipe's trainer. PLUG-IN POINT: keep the signature and the returned keys (the same as
-# bench.hf_trainer.train_and_evaluate returns) when nerpipe.training changes.
+# bench.hf_trainer.train_and_evaluate returns) when nerpipe.train.loop changes.
 # --------------------------------------------------------------------------------------------------
 def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, weight_decay, max_grad_norm,
                 eval_batch_size, threads, eval_splits, overrides=None, device="cpu"):
-    """Train with nerpipe.training.fit on the benchmark rows, predict with nerpipe.inference; score."""
+    """Train with nerpipe.train.loop.fit on the benchmark rows, predict with nerpipe.evaluate.inference; score."""
     import torch
 
     from bench.hf_trainer import peak_rss_mib
-    from nerpipe.batching import length_grouped_batches
-    from nerpipe.checkpoints import Checkpoints
-    from nerpipe.inference import WindowedExamples, predict_tags
-    from nerpipe.modeling import load_for_training, load_tokenizer, load_trained, pick_device
-    from nerpipe.params import TrainParams
-    from nerpipe.scoring import score_split
     from nerpipe import training as nerpipe_training
-    from nerpipe.training import DevSet, fit, plan_steps
+    from nerpipe.core.params import TrainParams
+    from nerpipe.data.batching import length_grouped_batches
+    from nerpipe.evaluate.inference import WindowedExamples, predict_tags
+    from nerpipe.evaluate.scoring import score_split
+    from nerpipe.model.loading import load_for_training, load_tokenizer, load_trained, pick_device
+    from nerpipe.train.checkpoints import Checkpoints
+    from nerpipe.train.loop import DevSet, fit, plan_steps
 
     if threads:
         torch.set_num_threads(threads)

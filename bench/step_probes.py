@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nerpipe.batching import length_grouped_batches
-from nerpipe.modeling import load_for_training, load_tokenizer
-from nerpipe.prepared import PreparedSplit, read_labels
-from nerpipe.training import build_optimizer, train_step
+from nerpipe.data.batching import length_grouped_batches
+from nerpipe.data.prepared import PreparedSplit, read_labels
+from nerpipe.model.loading import load_for_training, load_tokenizer
+from nerpipe.train.loop import build_optimizer, train_step
 
 CPU = torch.device("cpu")
 

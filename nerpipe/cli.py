@@ -8,9 +8,9 @@ import importlib
 
 # name -> module with `add_arguments(parser)` and `run(args)`; each command lives in its own module.
 COMMANDS = {
-    "set-params": ("nerpipe.set_params", "set keys in params.yaml, refusing keys that do not exist"),
-    "pr-report": ("nerpipe.pr_report", "Markdown comparing two revisions: metrics with deltas, params, plots"),
-    "predict": ("nerpipe.predict", "tag raw text with the trained model: entities with offsets, type, score"),
+    "set-params": ("nerpipe.core.set_params", "set keys in params.yaml, refusing keys that do not exist"),
+    "pr-report": ("nerpipe.report.pr_report", "Markdown comparing two revisions: metrics with deltas, params, plots"),
+    "predict": ("nerpipe.predict.command", "tag raw text with the trained model: entities with offsets, type, score"),
 }
 
 

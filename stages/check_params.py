@@ -10,8 +10,8 @@ stage depends on the whole file; it takes well under a second and writes nothing
 import argparse
 from pathlib import Path
 
-from nerpipe.errors import exit_on_user_error
-from nerpipe.params import load_params
+from nerpipe.core.errors import exit_on_user_error
+from nerpipe.core.params import load_params
 
 
 def main():

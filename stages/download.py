@@ -9,9 +9,9 @@ sha256 differs from params.yaml is refused and any earlier good copy is kept.
 import argparse
 from pathlib import Path
 
-from nerpipe.errors import exit_on_user_error
-from nerpipe.fetch import fetch_split
-from nerpipe.params import SPLITS, load_params
+from nerpipe.core.errors import exit_on_user_error
+from nerpipe.core.params import SPLITS, load_params
+from nerpipe.data.fetch import fetch_split
 
 
 def main():

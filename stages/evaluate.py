@@ -13,14 +13,14 @@ import json
 import time
 from pathlib import Path
 
-from nerpipe import tracking
-from nerpipe.atomic import atomic_path, write_json, write_text
-from nerpipe.conll import format_predictions
-from nerpipe.errors import exit_on_user_error
-from nerpipe.evaluation import evaluate_splits, type_confusion
-from nerpipe.modeling import load_tokenizer, load_trained, pick_device
-from nerpipe.params import load_params
-from nerpipe.training import use_bf16
+from nerpipe.core.atomic import atomic_path, write_json, write_text
+from nerpipe.core.errors import exit_on_user_error
+from nerpipe.core.params import load_params
+from nerpipe.data.conll import format_predictions
+from nerpipe.evaluate.splits import evaluate_splits, type_confusion
+from nerpipe.model.device import pick_device, use_bf16
+from nerpipe.model.loading import load_tokenizer, load_trained
+from nerpipe.track import runs as tracking
 
 
 def main():

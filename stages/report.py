@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from nerpipe import tracking
-from nerpipe.atomic import atomic_path, write_text
-from nerpipe.conll import read_predictions
-from nerpipe.error_analysis import summarize
-from nerpipe.errors import exit_on_user_error
-from nerpipe.reporting import errors_section, headline_table, plot_confusion, plot_learning_curve, timings_table
+from nerpipe.core.atomic import atomic_path, write_text
+from nerpipe.core.errors import exit_on_user_error
+from nerpipe.data.conll import read_predictions
+from nerpipe.report.error_analysis import summarize
+from nerpipe.report.render import errors_section, headline_table, plot_confusion, plot_learning_curve, timings_table
+from nerpipe.track import runs as tracking
 
 
 def main():

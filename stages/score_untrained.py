@@ -10,12 +10,13 @@ import argparse
 import time
 from pathlib import Path
 
-from nerpipe.atomic import write_json
-from nerpipe.errors import exit_on_user_error
-from nerpipe.evaluation import evaluate_splits
-from nerpipe.modeling import load_for_training, load_tokenizer, pick_device
-from nerpipe.params import load_params
-from nerpipe.prepared import read_labels
+from nerpipe.core.atomic import write_json
+from nerpipe.core.errors import exit_on_user_error
+from nerpipe.core.params import load_params
+from nerpipe.data.prepared import read_labels
+from nerpipe.evaluate.splits import evaluate_splits
+from nerpipe.model.device import pick_device
+from nerpipe.model.loading import load_for_training, load_tokenizer
 
 
 def main():

@@ -4,7 +4,7 @@
         --reports reports/train
 
 Resumes from the last checkpoint when one from the same params exists; Ctrl-C stops cleanly after
-writing one. Records the run to MLflow (see nerpipe/tracking.py).
+writing one. Records the run to MLflow (see nerpipe/track/runs.py).
 """
 
 import argparse
@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from nerpipe import tracking
-from nerpipe.atomic import atomic_path, write_json
-from nerpipe.checkpoints import Checkpoints, run_settings
-from nerpipe.errors import exit_on_user_error
-from nerpipe.modeling import count_parameters, load_for_training, load_tokenizer, pick_device, set_trainable
-from nerpipe.params import flatten, load_params
-from nerpipe.prepared import PreparedSplit, read_labels
-from nerpipe.training import DevSet, Interrupted, fit, plan_steps, summary
+from nerpipe.core.atomic import atomic_path, write_json
+from nerpipe.core.errors import Interrupted, exit_on_user_error
+from nerpipe.core.params import flatten, load_params
+from nerpipe.data.prepared import PreparedSplit, read_labels
+from nerpipe.model.device import pick_device
+from nerpipe.model.loading import count_parameters, load_for_training, load_tokenizer, set_trainable
+from nerpipe.track import runs as tracking
+from nerpipe.train.checkpoints import Checkpoints, run_settings
+from nerpipe.train.loop import DevSet, fit, plan_steps, summary
 
 
 def parse_args():

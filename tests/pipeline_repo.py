@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nerpipe.set_params import set_params
+from nerpipe.core.set_params import set_params
 
 PROJECT = Path(__file__).resolve().parents[1]
-COPIED = ["dvc.yaml", "params.yaml", "stages", "nerpipe"]
+COPIED = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "nerpipe"]
 
 
 def tiny_overrides(fixture_dir, fixture_sha256, model_dir):

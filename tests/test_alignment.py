@@ -1,11 +1,10 @@
-"""nerpipe.alignment with the tiny cased WordPiece tokenizer: exact ids, labels and windows."""
+"""nerpipe.data.alignment with the tiny cased WordPiece tokenizer: exact ids, labels and windows."""
 
 import random
 
-import pytest
 
-from nerpipe.alignment import IGNORE, build_examples, plan_windows, word_subtokens
-from nerpipe.conll import iob1_to_iob2, read_conll
+from nerpipe.data.alignment import IGNORE, build_examples, plan_windows, word_subtokens
+from nerpipe.data.conll import iob1_to_iob2, read_conll
 from tests.conftest import CONLL_LABELS
 
 LABEL2ID = {label: i for i, label in enumerate(CONLL_LABELS)}

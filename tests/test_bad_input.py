@@ -20,14 +20,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPConfig, RobertaConfig, RobertaForTokenClassification, ViTConfig
 
-from nerpipe.conll import format_predictions, iob1_to_iob2, read_predictions
-from nerpipe.errors import UserError
-from nerpipe.evaluation import evaluate_splits
-from nerpipe.modeling import load_for_training, load_tokenizer
-from nerpipe.params import SPLITS
-from nerpipe.prepared import PreparedSplit
-from nerpipe.set_params import set_params
-from stages.prepare import check_max_length
+from nerpipe.core.errors import UserError
+from nerpipe.core.params import SPLITS
+from nerpipe.core.set_params import set_params
+from nerpipe.data.conll import format_predictions, iob1_to_iob2, read_predictions
+from nerpipe.data.prepared import PreparedSplit
+from nerpipe.evaluate.splits import evaluate_splits
+from nerpipe.model.loading import check_max_length, load_for_training, load_tokenizer
 from tests.conftest import CONLL_LABELS
 from tests.pipeline_repo import PROJECT, tiny_overrides
 from tests.tiny_model import build_tiny_model, build_tokenizer

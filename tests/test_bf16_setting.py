@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nerpipe.training import use_bf16
+from nerpipe.model.device import use_bf16
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

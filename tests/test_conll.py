@@ -1,11 +1,11 @@
-"""nerpipe.conll on the hand-written fixtures and on small broken files written per test."""
+"""nerpipe.data.conll on the hand-written fixtures and on small broken files written per test."""
 
 from collections import Counter
 
 import pytest
 
-from nerpipe.conll import Sentence, format_predictions, iob1_to_iob2, label_list, read_conll, read_predictions
-from nerpipe.errors import UserError
+from nerpipe.core.errors import UserError
+from nerpipe.data.conll import Sentence, format_predictions, iob1_to_iob2, label_list, read_conll, read_predictions
 
 TRAIN_FIRST_LINES = [3, 11, 23, 34, 44, 84, 93, 99, 111, 119]
 

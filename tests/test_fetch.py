@@ -1,4 +1,4 @@
-"""nerpipe.fetch from a local directory and from an HTTP server on 127.0.0.1, with sha256 checks."""
+"""nerpipe.data.fetch from a local directory and from an HTTP server on 127.0.0.1, with sha256 checks."""
 
 import functools
 import http.server
@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from nerpipe.errors import UserError
-from nerpipe.fetch import fetch_split, sha256_of
+from nerpipe.core.errors import UserError
+from nerpipe.data.fetch import fetch_split, sha256_of
 from tests.conftest import sha256_file
 
 WRONG = "0" * 64

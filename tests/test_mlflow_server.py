@@ -17,7 +17,7 @@ import requests
 import torch
 from mlflow import MlflowClient
 
-from nerpipe.params import flatten, load_params, read_yaml
+from nerpipe.core.params import flatten, load_params, read_yaml
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 
 BIN = Path(sys.executable).parent

@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from nerpipe.set_params import set_params
+from nerpipe.core.set_params import set_params
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 
 TRAIN = ["python", "stages/train.py", "--data", "data/prepared", "--model-out", "data/model",

@@ -1,9 +1,9 @@
-"""nerpipe.params: YAML 1.2 numbers, unknown keys with suggestions, types, ranges, one message for all."""
+"""nerpipe.core.params: YAML 1.2 numbers, unknown keys with suggestions, types, ranges, one message for all."""
 
 import pytest
 
-from nerpipe.errors import UserError
-from nerpipe.params import Params, flatten, load_params, parse_params, read_yaml
+from nerpipe.core.errors import UserError
+from nerpipe.core.params import Params, flatten, load_params, parse_params, read_yaml
 
 SHA = {"train": "a" * 64, "valid": "b" * 64, "test": "c" * 64}
 

@@ -56,7 +56,7 @@ def test_lr_change_reruns_only_train_evaluate_report(repo):
     run = json.loads((repo.root / "reports/train/metrics.json").read_text())
     assert run["steps"] == 6
     # YAML 1.2: what `-S lr=3e-5` wrote is read back as the float, not the string "3e-05".
-    from nerpipe.params import load_params
+    from nerpipe.core.params import load_params
     assert load_params(repo.root / "params.yaml").lr == pytest.approx(3e-5)
 
 

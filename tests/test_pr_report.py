@@ -14,11 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nerpipe.atomic import write_json
 from nerpipe.cli import main
-from nerpipe.evaluation import type_confusion
-from nerpipe.scoring import score_split
-from nerpipe.set_params import set_params
+from nerpipe.core.atomic import write_json
+from nerpipe.core.set_params import set_params
+from nerpipe.evaluate.scoring import score_split
+from nerpipe.evaluate.splits import type_confusion
 
 PROJECT = Path(__file__).resolve().parents[1]
 GOLD = [["B-PER", "I-PER", "O"], ["B-LOC", "O"], ["B-ORG", "O"], ["B-MISC", "O"]]

@@ -16,10 +16,10 @@ import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from nerpipe.cli import main
-from nerpipe.conll import read_conll
-from nerpipe.errors import UserError
-from nerpipe.predict import add_arguments, window_settings
-from nerpipe.text_words import split_words
+from nerpipe.core.errors import UserError
+from nerpipe.data.conll import read_conll
+from nerpipe.predict.command import add_arguments, window_settings
+from nerpipe.predict.words import split_words
 from tests.tiny_model import build_tiny_model
 
 # Token -> the label the keyword model gives it; every other token (and [CLS], [SEP]) gets O.
@@ -226,7 +226,7 @@ def test_transformers_pipeline_first_gives_the_same_entities(keyword_model_dir, 
     scores a group by the mean of its words' scores: exactly what nerpipe predict does. It agrees
     wherever both split the text into the same words: the pipeline splits at whitespace, at every
     punctuation character and around each CJK ideograph, nerpipe at the CoNLL rule of
-    nerpipe/text_words.py, so U.S., don't or Jean-Pierre are several words there and one here. These
+    nerpipe/predict/words.py, so U.S., don't or Jean-Pierre are several words there and one here. These
     texts avoid such words; Washington (3 pieces) and Siemens (2 pieces, the second labelled O) are
     multi-piece words, where "first" and nerpipe both read the first piece only."""
     # fp32 like the pipeline: bf16 autocast (train.bf16: auto, on here where the CPU has avx512_bf16)

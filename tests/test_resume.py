@@ -1,7 +1,7 @@
 """Interrupted training resumes and ends exactly as an uninterrupted run; a checkpoint from other
 settings is discarded; the same seed gives the same numbers and another seed other numbers.
 
-First nerpipe.training.fit and nerpipe.checkpoints in-process on the prepared fixtures (seconds),
+First nerpipe.train.loop.fit and nerpipe.train.checkpoints in-process on the prepared fixtures (seconds),
 then the real `dvc repro` of the tiny pipeline killed with SIGKILL and stopped with Ctrl-C, in one
 repository shared by the module (a few minutes).
 """
@@ -17,14 +17,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nerpipe.checkpoints import Checkpoints, run_settings
-from nerpipe.conll import iob1_to_iob2, read_conll
-from nerpipe.modeling import load_for_training
-from nerpipe.params import SPLITS, PrepareParams, TrainParams
-from nerpipe.preparation import prepare_split
-from nerpipe.prepared import PreparedSplit
-from nerpipe.set_params import set_params
-from nerpipe.training import DevSet, Interrupted, TrainState, fit
+from nerpipe.core.errors import Interrupted
+from nerpipe.core.params import SPLITS, PrepareParams, TrainParams
+from nerpipe.core.set_params import set_params
+from nerpipe.data.prepare import prepare_corpus
+from nerpipe.data.prepared import PreparedSplit, read_labels
+from nerpipe.model.loading import load_for_training
+from nerpipe.train.checkpoints import Checkpoints, run_settings
+from nerpipe.train.loop import DevSet, TrainState, fit
 from tests.conftest import CONLL_LABELS
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 
@@ -38,13 +38,10 @@ LR = 1e-3
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, fixture_dir, tiny_tokenizer):
     """The fixtures as the prepare stage writes them under the tiny profile (max_length 24)."""
-    out = tmp_path_factory.mktemp("prepared")
-    for split in SPLITS:
-        sentences = read_conll(fixture_dir / f"{split}.txt")
-        for s in sentences:
-            s.tags = iob1_to_iob2(s.tags)
-        prepare_split(sentences, tiny_tokenizer, CONLL_LABELS, PrepareParams(max_length=24, window_overlap=4),
-                      out / split)
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    prepare_corpus({split: fixture_dir / f"{split}.txt" for split in SPLITS}, tiny_tokenizer,
+                   PrepareParams(max_length=24, window_overlap=4), out)
+    assert read_labels(out) == CONLL_LABELS
     return out
 
 

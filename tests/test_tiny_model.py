@@ -2,7 +2,7 @@
 
 import hashlib
 
-from transformers import AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoModelForTokenClassification
 
 from tests.conftest import CONLL_LABELS
 from tests.tiny_model import VOCAB, build_tiny_model

@@ -8,7 +8,7 @@ row removes nearly all of that waste.
 import numpy as np
 import torch
 
-from nerpipe.alignment import IGNORE
+from nerpipe.data.alignment import IGNORE
 
 
 class RaggedColumn:

@@ -1,30 +1,11 @@
 """Predict word-level tags: run windows through the model and map first sub-tokens back to words."""
 
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from nerpipe.batching import RaggedColumn, collate, sorted_batches
-
-
-def autocast(device, enabled):
-    """bf16 autocast where asked for; a no-op context otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
-class WindowedExamples:
-    """The columns of a prepared split that prediction needs, loaded once from Arrow."""
-
-    def __init__(self, dataset):
-        self.input_ids = RaggedColumn(dataset, "input_ids")
-        self.word_index = RaggedColumn(dataset, "word_index")
-        self.sentence_id = dataset.data.table.column("sentence_id").to_numpy()
-        self.labels = RaggedColumn(dataset, "labels") if "labels" in dataset.column_names else None
-
-    def __len__(self):
-        return len(self.input_ids)
+from nerpipe.data.batching import collate, sorted_batches
+from nerpipe.model.device import autocast
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""The one exception type for bad input that a user can fix; stages print it without a traceback."""
+"""The exceptions a stage ends with on purpose: bad input a user can fix (printed without a traceback),
+and a training stopped on request."""
 
 import sys
 from contextlib import contextmanager
@@ -16,3 +17,7 @@ def exit_on_user_error():
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+class Interrupted(Exception):
+    """Training stopped on request after writing a checkpoint; `dvc repro` resumes from it."""

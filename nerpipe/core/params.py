@@ -14,7 +14,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from nerpipe.errors import UserError
+from nerpipe.core.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 

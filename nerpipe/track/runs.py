@@ -27,10 +27,9 @@ from pathlib import Path
 
 import mlflow
 
-from nerpipe.atomic import write_json
-from nerpipe.errors import UserError
-from nerpipe.params import flatten, read_yaml
-from nerpipe.training import Interrupted
+from nerpipe.core.atomic import write_json
+from nerpipe.core.errors import Interrupted, UserError
+from nerpipe.core.params import flatten, read_yaml
 
 STORE = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -195,7 +194,7 @@ def _log_model(model_dir, example, register_as):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-    from nerpipe.modeling import load_tokenizer, load_trained
+    from nerpipe.model.loading import load_tokenizer, load_trained
 
     # An absolute path: MLflow looks a relative one such as data/model up on the Hugging Face hub, as a
     # repository id, for its model card and licence (a minute of retries when offline).

@@ -1,6 +1,6 @@
 """Set keys in params.yaml, keeping its comments, and validate the result before writing it.
 
-    python -m nerpipe.set_params data.source=../shared/data/conll2003 model.name=/path/to/model
+    python -m nerpipe.core.set_params data.source=../shared/data/conll2003 model.name=/path/to/model
 
 What `make repro DATA=... MODEL=...` calls. Unlike `dvc exp run -S`, it refuses keys that do not
 exist. Values are read as YAML 1.2 scalars (3e-5 is a float, true a bool).
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from nerpipe.atomic import write_text
-from nerpipe.errors import UserError, exit_on_user_error
-from nerpipe.params import parse_params
+from nerpipe.core.atomic import write_text
+from nerpipe.core.errors import UserError, exit_on_user_error
+from nerpipe.core.params import parse_params
 
 
 def set_params(path, assignments):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from nerpipe.errors import UserError
-from nerpipe.modeling import SAFE, load_config, load_trained
-from nerpipe.params import read_yaml
+from nerpipe.core.errors import UserError
+from nerpipe.core.params import read_yaml
+from nerpipe.model.loading import SAFE, load_config, load_trained
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # runs:/..., models:/..., s3://..., file:///...
 
@@ -37,7 +37,7 @@ def load_model_and_tokenizer(source):
 def _download(uri, destination):
     import mlflow
 
-    from nerpipe.tracking import tracking_uri
+    from nerpipe.track.runs import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:

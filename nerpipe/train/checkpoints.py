@@ -22,12 +22,12 @@ import transformers
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from nerpipe.atomic import atomic_path
+from nerpipe.core.atomic import atomic_path
 
 
 def run_settings(params, *examples):
     """Everything that must match for a checkpoint to be resumed, as a flat dict: the params, a digest
-    of the prepared data (inference.WindowedExamples), the source of the nerpipe modules and the
+    of the prepared data (prepared.WindowedExamples), the source of the nerpipe modules and the
     script running, and the torch/transformers versions."""
     data = hashlib.sha256()
     for split in examples:
@@ -72,7 +72,7 @@ class Checkpoints:
         self.settings = settings  # run_settings(...); any other value must simply be equal
         self.last_dir = self.directory / "last"
         self.best_dir = self.directory / "best"
-        self.run_id = None  # the MLflow run this training logs to; a resume continues it (nerpipe.tracking)
+        self.run_id = None  # the MLflow run this training logs to; a resume continues it (nerpipe.track.runs)
 
     def save(self, model, optimizer, scheduler, state):
         with atomic_path(self.last_dir, is_dir=True) as tmp:
@@ -102,7 +102,7 @@ class Checkpoints:
 
     def resume(self, model, optimizer, scheduler):
         """Load the last checkpoint into model/optimizer/scheduler; return its TrainState, or None."""
-        from nerpipe.training import TrainState  # the state's type lives with the loop that fills it
+        from nerpipe.train.loop import TrainState  # the state's type lives with the loop that fills it
 
         for leftover in self.directory.glob(".*"):  # temporaries of a save that was killed
             shutil.rmtree(leftover, ignore_errors=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nerpipe.atomic import atomic_path
-from nerpipe.errors import UserError
+from nerpipe.core.atomic import atomic_path
+from nerpipe.core.errors import UserError
 
 # File names at the original source, and the names the same files often carry in local copies.
 REMOTE_NAMES = {"train": "eng.train", "valid": "eng.testa", "test": "eng.testb"}

@@ -5,9 +5,9 @@ from collections import Counter
 
 import pandas as pd
 
-from nerpipe.inference import predict_tags
-from nerpipe.prepared import PreparedSplit
-from nerpipe.scoring import score_split
+from nerpipe.data.prepared import PreparedSplit
+from nerpipe.evaluate.inference import predict_tags
+from nerpipe.evaluate.scoring import score_split
 
 EVAL_SPLITS = {"dev": "valid", "test": "test"}
 

@@ -16,11 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nerpipe.atomic import write_text
-from nerpipe.errors import UserError, exit_on_user_error
-from nerpipe.params import read_yaml
+from nerpipe.core.atomic import write_text
+from nerpipe.core.errors import UserError, exit_on_user_error
+from nerpipe.core.params import read_yaml
 
-# pandas, matplotlib and nerpipe.reporting are imported where they are used: the `nerpipe` CLI
+# pandas, matplotlib and nerpipe.report.render are imported where they are used: the `nerpipe` CLI
 # imports every command module, and they would add seconds to each `nerpipe set-params`.
 
 EVAL_METRICS = "reports/eval/metrics.json"
@@ -31,7 +31,7 @@ CONFUSION_TEMPLATES = ("confusion", "confusion_normalized")
 
 def metric_rows():
     """(label, metrics file, flattened key, unit) for each row of the table, in order."""
-    from nerpipe.reporting import TYPES
+    from nerpipe.report.render import TYPES
 
     rows = []
     for split in ("dev", "test"):

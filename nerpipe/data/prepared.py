@@ -11,8 +11,21 @@ from pathlib import Path
 
 from datasets import load_from_disk
 
-from nerpipe.errors import UserError
-from nerpipe.inference import WindowedExamples
+from nerpipe.core.errors import UserError
+from nerpipe.data.batching import RaggedColumn
+
+
+class WindowedExamples:
+    """The columns of a prepared split that prediction needs, loaded once from Arrow."""
+
+    def __init__(self, dataset):
+        self.input_ids = RaggedColumn(dataset, "input_ids")
+        self.word_index = RaggedColumn(dataset, "word_index")
+        self.sentence_id = dataset.data.table.column("sentence_id").to_numpy()
+        self.labels = RaggedColumn(dataset, "labels") if "labels" in dataset.column_names else None
+
+    def __len__(self):
+        return len(self.input_ids)
 
 
 class PreparedSplit:

@@ -8,15 +8,17 @@ on CPU (see BENCHMARKS.md).
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from nerpipe.batching import collate, length_grouped_batches
-from nerpipe.inference import autocast, predict_tags
-from nerpipe.scoring import entity_scores
+from nerpipe.core.errors import Interrupted
+from nerpipe.data.batching import collate, length_grouped_batches
+from nerpipe.evaluate.inference import predict_tags
+from nerpipe.evaluate.scoring import entity_scores
+from nerpipe.model.device import autocast, use_bf16
 
 LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
 
@@ -43,7 +45,7 @@ class TrainState:
 
 @dataclass
 class DevSet:
-    examples: object  # inference.WindowedExamples
+    examples: object  # prepared.WindowedExamples
     words: list
     gold: list
     id2label: dict
@@ -69,21 +71,6 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, handler in self._old.items():
             signal.signal(s, handler)
-
-
-class Interrupted(Exception):
-    """Training stopped on request after writing a checkpoint; `dvc repro` resumes from it."""
-
-
-def use_bf16(setting, device):
-    """'auto': on CUDA, and on CPUs with native bf16 dot products (avx512_bf16 or AMX), where oneDNN's
-    bf16 matmuls run at about twice the fp32 rate (bench/NOTES_bf16.md); elsewhere bf16 is emulated."""
-    if setting != "auto":
-        return setting == "on"
-    if device.type == "cpu":
-        capabilities = torch.cpu.get_capabilities()
-        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
-    return device.type == "cuda"
 
 
 def build_optimizer(model, lr, weight_decay, device):
@@ -233,6 +220,3 @@ def summary(state, total_steps):
             "train_sentences_per_second": round(state.sentences_seen / max(state.train_seconds, 1e-9), 2),
             "train_subtokens_per_second": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)}
 
-
-def state_dict_of(state):
-    return asdict(state)

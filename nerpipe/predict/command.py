@@ -4,7 +4,7 @@
     nerpipe predict --input news.txt --format table                       # one text per line of a file
     cat news.txt | nerpipe predict --model runs:/<run_id>/model > entities.jsonl
 
-Each text is split into CoNLL-style words (nerpipe/text_words.py), windowed exactly as the prepare
+Each text is split into CoNLL-style words (nerpipe/predict/words.py), windowed exactly as the prepare
 stage does (prepare.max_length / prepare.window_overlap from params.yaml when present) and labelled
 by the code evaluate runs: a word gets the tag of its first sub-token. IOB2 tags become entities
 as conlleval reads them; an entity's score is the mean of its words' softmax scores.
@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from nerpipe.entity_output import FORMATS
-from nerpipe.errors import UserError, exit_on_user_error
-from nerpipe.params import Params, PrepareParams, load_params
+from nerpipe.core.errors import UserError, exit_on_user_error
+from nerpipe.core.params import Params, PrepareParams, load_params
+from nerpipe.predict.output import FORMATS
 
 
 def read_texts(args):
@@ -90,12 +90,12 @@ def add_arguments(parser):
 
 def run(args):
     # Imported here so that `nerpipe --help` and other commands do not pay for torch and datasets.
-    from nerpipe.entity_output import write_predictions
-    from nerpipe.model_source import load_model_and_tokenizer
-    from nerpipe.modeling import pick_device
-    from nerpipe.text_prediction import CHUNK_CHARS, check_labels, predict_lines
-    from nerpipe.training import use_bf16
     from transformers.utils import logging as transformers_logging
+
+    from nerpipe.model.device import pick_device, use_bf16
+    from nerpipe.predict.model_source import load_model_and_tokenizer
+    from nerpipe.predict.output import write_predictions
+    from nerpipe.predict.text import CHUNK_CHARS, check_labels, predict_lines
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars; ours is the one that matters
     with exit_on_user_error():

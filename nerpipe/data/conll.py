@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nerpipe.errors import UserError
+from nerpipe.core.errors import UserError
 
 ENTITY_TYPES = ("PER", "LOC", "ORG", "MISC")
 TAG_PATTERN = re.compile(r"^(O|[BI]-(?:%s))$" % "|".join(ENTITY_TYPES))

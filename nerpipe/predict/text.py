@@ -13,10 +13,11 @@ from datasets import Dataset
 from seqeval.metrics.sequence_labeling import get_entities
 from tqdm import tqdm
 
-from nerpipe.alignment import build_examples
-from nerpipe.errors import UserError
-from nerpipe.inference import WindowedExamples, predict_word_labels
-from nerpipe.text_words import split_words
+from nerpipe.core.errors import UserError
+from nerpipe.data.alignment import build_examples
+from nerpipe.data.prepared import WindowedExamples
+from nerpipe.evaluate.inference import predict_word_labels
+from nerpipe.predict.words import split_words
 
 CHUNK_CHARS = 200_000  # texts per model pass, in characters: large enough to batch by length, small enough to stream
 

@@ -3,11 +3,10 @@
 import os
 from pathlib import Path
 
-import torch
 import transformers
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
-from nerpipe.errors import UserError
+from nerpipe.core.errors import UserError
 
 SAFE = {"trust_remote_code": False}
 
@@ -46,6 +45,17 @@ def _check_safetensors(name):
     raise UserError(f"model.name {name!r}: {found} has no *.safetensors weights, and only safetensors are "
                     "loaded (pickled weights can run code); convert the model, e.g. load it and "
                     "save_pretrained(dir, safe_serialization=True) where you trust it")
+
+
+def check_max_length(max_length, model_name, tokenizer):
+    """prepare.max_length must fit the model's positions."""
+    # The tokenizer's model_max_length is the usable bound where position ids are offset: RoBERTa's
+    # 514 position embeddings take 512 tokens. Tokenizers that do not know say 1e30.
+    bounds = [getattr(load_config(model_name), "max_position_embeddings", None), tokenizer.model_max_length]
+    limit = min((b for b in bounds if b and b < 1_000_000), default=None)
+    if limit and max_length > limit:
+        raise UserError(f"prepare.max_length: {max_length} exceeds what model {model_name!r} supports "
+                        f"({limit} positions); set prepare.max_length <= {limit}")
 
 
 def load_tokenizer(name):
@@ -95,12 +105,3 @@ def set_trainable(model, top_layers):
 def count_parameters(model):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
-
-
-def pick_device():
-    """CUDA when present (with TF32 for the matmuls that stay fp32 under bf16 autocast), else CPU."""
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        return torch.device("cuda")
-    return torch.device("cpu")

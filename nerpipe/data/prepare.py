@@ -1,0 +1,66 @@
+"""The prepare stage's work: read a corpus, convert its tags to IOB2, build the label list, and write
+each split as the prepared Arrow datasets (layout in nerpipe/data/prepared.py) with its statistics."""
+
+import time
+from collections import Counter
+
+from datasets import Dataset
+
+from nerpipe.core.atomic import atomic_path, write_json
+from nerpipe.data.alignment import build_examples, special_affixes
+from nerpipe.data.conll import iob1_to_iob2, label_list, read_conll
+
+
+def read_corpus(files, max_train_sentences=0):
+    """Parse every split ({split: path}), tags converted to IOB2; returns (sentences by split, labels).
+
+    The label list is built over all splits, so a tag seen only in dev or test still has an id.
+    `max_train_sentences` > 0 keeps the first N training sentences (the labels still cover all).
+    """
+    sentences = {split: read_conll(path) for split, path in files.items()}
+    if max_train_sentences and "train" in sentences:
+        sentences["train"] = sentences["train"][:max_train_sentences]
+    for split_sentences in sentences.values():
+        for s in split_sentences:
+            s.tags = iob1_to_iob2(s.tags)
+    labels = label_list(s.tags for split_sentences in sentences.values() for s in split_sentences)
+    return sentences, labels
+
+
+def prepare_corpus(files, tokenizer, cfg, out_dir):
+    """Read, convert, tokenize and write the whole prepared directory atomically; returns its stats."""
+    started = time.perf_counter()
+    sentences, labels = read_corpus(files, cfg.max_train_sentences)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        stats = {split: prepare_split(split_sentences, tokenizer, labels, cfg, tmp / split)
+                 for split, split_sentences in sentences.items()}
+        write_json(tmp / "labels.json", labels)
+        write_json(tmp / "stats.json", {"labels": labels, "splits": stats,
+                                        "seconds": round(time.perf_counter() - started, 2)})
+    return stats
+
+
+def prepare_split(sentences, tokenizer, labels, cfg, out_dir):
+    """Write <out_dir>/sentences and <out_dir>/examples; return the split's stats."""
+    table = Dataset.from_dict({
+        "sentence_id": list(range(len(sentences))),
+        "doc_id": [s.doc_id for s in sentences],
+        "line": [s.line for s in sentences],
+        "words": [s.words for s in sentences],
+        "tags": [s.tags for s in sentences],
+    })
+    label2id = {label: i for i, label in enumerate(labels)}
+    examples = table.map(build_examples, batched=True, batch_size=1000, remove_columns=table.column_names,
+                         fn_kwargs={"tokenizer": tokenizer, "label2id": label2id, "max_length": cfg.max_length,
+                                    "overlap": cfg.window_overlap, "label_all_tokens": cfg.label_all_tokens},
+                         desc=f"tokenize {out_dir.name}")
+    table.save_to_disk(str(out_dir / "sentences"))
+    examples.save_to_disk(str(out_dir / "examples"))
+    n_words = sum(len(s.words) for s in sentences)
+    windows_per_sentence = Counter(examples["sentence_id"])
+    special = sum(map(len, special_affixes(tokenizer)))
+    subtokens = sum(examples["length"]) - special * len(examples)
+    return {"sentences": len(sentences), "words": n_words, "windows": len(examples),
+            "sentences_windowed": sum(1 for n in windows_per_sentence.values() if n > 1),
+            "subtokens_per_word": round(subtokens / max(n_words, 1), 4),
+            "label_counts": dict(sorted(Counter(t for s in sentences for t in s.tags).items()))}

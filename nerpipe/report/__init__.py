@@ -1,0 +1,1 @@
+"""The report stage (report.md, figures, error analysis) and `nerpipe pr-report`."""

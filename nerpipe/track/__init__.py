@@ -1,0 +1,1 @@
+"""MLflow tracking: one run per training result, resumed by evaluate and report."""

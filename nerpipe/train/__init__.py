@@ -1,0 +1,1 @@
+"""The train stage: the training loop and its resumable checkpoints."""

@@ -17,6 +17,7 @@ from nerpipe.core.atomic import atomic_path, write_json, write_text
 from nerpipe.core.errors import exit_on_user_error
 from nerpipe.core.params import load_params
 from nerpipe.data.conll import format_predictions
+from nerpipe.evaluate.metrics import evaluation_metrics, flatten_metrics
 from nerpipe.evaluate.splits import evaluate_splits, type_confusion
 from nerpipe.model.device import pick_device, use_bf16
 from nerpipe.model.loading import load_tokenizer, load_trained
@@ -41,9 +42,9 @@ def main():
         pad_id = load_tokenizer(str(args.model)).pad_token_id
         results = evaluate_splits(model, args.data, pad_id, params.evaluate.batch_size, device,
                                   use_bf16(params.train.bf16, device))
-        metrics = {name: r["scores"] for name, r in results.items()}
-        metrics["before_finetuning"] = json.loads(args.untrained.read_text())
-        metrics["seconds"] = {name: r["seconds"] for name, r in results.items()}
+        metrics = evaluation_metrics({name: r["scores"] for name, r in results.items()},
+                                     json.loads(args.untrained.read_text()),
+                                     {name: r["seconds"] for name, r in results.items()})
         for name, r in results.items():
             write_text(args.out / f"predictions_{name}.conll", format_predictions(r["data"].words, r["data"].gold,
                                                                                   r["pred"]))
@@ -51,10 +52,10 @@ def main():
             type_confusion(results["test"]["data"].gold, results["test"]["pred"]).to_csv(tmp, index=False)
         write_json(args.out / "metrics.json", metrics)
         tracking.log_evaluation(run_id, params.evaluate, metrics, time.perf_counter() - started, args.out)
+        values = flatten_metrics(metrics)
         for name in results:
-            m = metrics[name]
-            print(f"{name}: F1 {m['conlleval']['f1']:.4f} (conlleval), {m['strict']['f1']:.4f} (strict); "
-                  f"before fine-tuning {metrics['before_finetuning'][name]['conlleval']['f1']:.4f}")
+            print(f"{name}: F1 {values[f'{name}.conlleval.f1']:.4f} (conlleval), {values[f'{name}.strict.f1']:.4f} "
+                  f"(strict); before fine-tuning {values[f'before_finetuning.{name}.conlleval.f1']:.4f}")
 
 
 if __name__ == "__main__":

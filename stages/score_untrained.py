@@ -14,6 +14,7 @@ from nerpipe.core.atomic import write_json
 from nerpipe.core.errors import exit_on_user_error
 from nerpipe.core.params import load_params
 from nerpipe.data.prepared import read_labels
+from nerpipe.evaluate.metrics import flatten_untrained, untrained_metrics
 from nerpipe.evaluate.splits import evaluate_splits
 from nerpipe.model.device import pick_device
 from nerpipe.model.loading import load_for_training, load_tokenizer
@@ -32,11 +33,12 @@ def main():
         device = pick_device()
         results = evaluate_splits(model.to(device), args.data, load_tokenizer(params.model.name).pad_token_id,
                                   params.evaluate.batch_size, device)
-        write_json(args.out, {**{name: {mode: r["scores"][mode] for mode in ("conlleval", "strict")}
-                                 for name, r in results.items()},
-                              "seconds": round(time.perf_counter() - started, 2)})  # a stage wall time for MLflow
-        for name, r in results.items():
-            print(f"{name}: untrained-head F1 {r['scores']['conlleval']['f1']:.4f}")
+        untrained = untrained_metrics({name: r["scores"] for name, r in results.items()},
+                                      time.perf_counter() - started)  # its seconds: a stage wall time for MLflow
+        write_json(args.out, untrained)
+        values = flatten_untrained(untrained)
+        for name in results:
+            print(f"{name}: untrained-head F1 {values[f'before_finetuning.{name}.conlleval.f1']:.4f}")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ from nerpipe.core.atomic import atomic_path, write_json
 from nerpipe.core.errors import Interrupted, exit_on_user_error
 from nerpipe.core.params import flatten, load_params
 from nerpipe.data.prepared import PreparedSplit, read_labels
-from nerpipe.model.device import pick_device
+from nerpipe.model.device import pick_device, use_bf16
 from nerpipe.model.loading import count_parameters, load_for_training, load_tokenizer, set_trainable
 from nerpipe.track import runs as tracking
+from nerpipe.track.trained_model import log_training
 from nerpipe.train.checkpoints import Checkpoints, run_settings
-from nerpipe.train.loop import DevSet, fit, plan_steps, summary
+from nerpipe.train.loop import DevSet, RunContext, dev_scorer, fit, plan_steps, summary
 
 
 def parse_args():
@@ -46,6 +47,7 @@ def main():
         set_trainable(model, params.train.trainable_layers())
         tokenizer = load_tokenizer(params.model.name)
         device = pick_device()
+        bf16 = use_bf16(params.train.bf16, device)
         train, dev = PreparedSplit(args.data, "train"), PreparedSplit(args.data, "valid")
         # How often checkpoints are written, what evaluate does and where MLflow records do not change
         # the training run, so a checkpoint resumes across changes to them.
@@ -56,10 +58,11 @@ def main():
         steps_per_epoch, total_steps = plan_steps(len(train.examples), params.train)
         print(f"device {device}, {trainable:,} of {total:,} parameters train, {total_steps} optimizer steps")
         with tracking.training_run(experiment_id, params, checkpoints, device) as run:
-            state = fit(model.to(device), train.examples,
-                        DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, params.train.batch_size),
-                        params.train, params.lr, tokenizer.pad_token_id, device, checkpoints,
-                        on_metrics=tracking.step_logger(steps_per_epoch))
+            devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, params.train.batch_size)
+            state = fit(model.to(device), train.examples, RunContext(
+                params.train, params.lr, tokenizer.pad_token_id, device, bf16, checkpoints,
+                evaluate_dev=dev_scorer(devset, tokenizer.pad_token_id, device, bf16),
+                log_metrics=tracking.step_logger(steps_per_epoch)))
             with atomic_path(args.model_out, is_dir=True) as tmp:
                 shutil.copytree(checkpoints.best_dir, tmp, dirs_exist_ok=True)
                 tokenizer.save_pretrained(tmp)
@@ -68,8 +71,8 @@ def main():
                     pd.DataFrame(rows).to_csv(tmp, index=False)
             metrics = summary(state, total_steps)
             write_json(args.reports / "metrics.json", metrics)
-            tracking.log_training(metrics, time.perf_counter() - started, args.data, args.reports, args.model_out,
-                                  example=" ".join(dev.words[0]), register_as=params.mlflow.register_model)
+            log_training(metrics, time.perf_counter() - started, args.data, args.reports, args.model_out,
+                         example=" ".join(dev.words[0]), register_as=params.mlflow.register_model)
             tracking.write_run_file(args.reports / "run.json", run)  # last: evaluate and report resume this run
         print(f"best dev F1 {state.best_dev_f1:.4f} at step {state.best_step}; model saved to {args.model_out}")
 

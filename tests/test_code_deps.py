@@ -96,10 +96,21 @@ def test_closure_follows_indirect_and_function_level_imports():
     closure = {str(f.relative_to(PROJECT)) for f in import_closure(PROJECT / "stages/train.py")}
     # stages/train.py -> nerpipe.train.loop -> nerpipe.evaluate.inference -> nerpipe.data.batching
     assert "nerpipe/evaluate/inference.py" in closure and "nerpipe/data/batching.py" in closure
-    # nerpipe.track.runs imports nerpipe.model.loading inside a function
-    assert "nerpipe/model/loading.py" in closure and "nerpipe/__init__.py" in closure
+    assert "nerpipe/__init__.py" in closure and "nerpipe/track/trained_model.py" in closure
+    report = {str(f.relative_to(PROJECT)) for f in import_closure(PROJECT / "stages/report.py")}
+    assert "nerpipe/track/runs.py" in report and not any(f.startswith("nerpipe/model/") for f in report)
     prepare = {str(f.relative_to(PROJECT)) for f in import_closure(PROJECT / "stages/prepare.py")}
     assert not any(f.startswith(("nerpipe/train/", "nerpipe/track/", "nerpipe/predict/")) for f in prepare)
+
+
+def test_imports_inside_functions_and_of_submodules_count(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text("from nerpipe import data\n\ndef f():\n    from nerpipe.model.device import pick_device\n"
+                      "    import nerpipe.no_such_module\n")
+    assert imported_modules(script) == {"nerpipe", "nerpipe.data", "nerpipe.model.device"}
+    closure = {str(f.relative_to(PROJECT)) for f in import_closure(script)}
+    assert {"nerpipe/__init__.py", "nerpipe/data/__init__.py", "nerpipe/model/__init__.py",
+            "nerpipe/model/device.py"} == closure
 
 
 def test_a_change_to_raw_text_prediction_or_tracking_code_does_not_rerun_prepare():

@@ -95,9 +95,11 @@ def test_table_params_and_plots_of_two_commits(repo, tmp_path):
                 "| train time (s) | 100.0 | 90.5 | -9.5 |",
                 "| `lr` | `5e-05` | `3e-05` |"]:
         assert row in report.splitlines(), f"{row!r} not in:\n{report}"
+    # The entity types are those of the data, sorted by name: the order of per_type in metrics.json and
+    # of report.md's table, the same at both revisions.
     labels = [line.split(" | ")[0][2:] for line in report.splitlines() if line.startswith("| ")][1:14]
-    assert labels == ["dev F1", "dev F1 PER", "dev F1 LOC", "dev F1 ORG", "dev F1 MISC", "test F1", "test F1 PER",
-                      "test F1 LOC", "test F1 ORG", "test F1 MISC", "dev F1 before fine-tuning",
+    assert labels == ["dev F1", "dev F1 LOC", "dev F1 MISC", "dev F1 ORG", "dev F1 PER", "test F1", "test F1 LOC",
+                      "test F1 MISC", "test F1 ORG", "test F1 PER", "dev F1 before fine-tuning",
                       "test F1 before fine-tuning", "train time (s)"]
     assert report.startswith("## NER metrics: `HEAD` (PR) against `HEAD~1` (base)")
     for image in ("training-loss.png", "dev-f1-during-training.png", "test-confusion-by-entity-type.png"):

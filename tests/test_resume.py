@@ -24,7 +24,7 @@ from nerpipe.data.prepare import prepare_corpus
 from nerpipe.data.prepared import PreparedSplit, read_labels
 from nerpipe.model.loading import load_for_training
 from nerpipe.train.checkpoints import Checkpoints, run_settings
-from nerpipe.train.loop import DevSet, TrainState, fit
+from nerpipe.train.loop import DevSet, RunContext, TrainState, dev_scorer, fit
 from tests.conftest import CONLL_LABELS
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 
@@ -50,13 +50,15 @@ def train(model_dir, prepared, checkpoint_dir, cfg=CFG, settings="tiny", on_metr
     model = load_for_training(str(model_dir), CONLL_LABELS, cfg.dropout, cfg.seed)
     train_split, dev = PreparedSplit(prepared, "train"), PreparedSplit(prepared, "valid")
     checkpoints = Checkpoints(checkpoint_dir, settings)
-    state = fit(model, train_split.examples, DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, 8),
-                cfg, LR, 0, torch.device("cpu"), checkpoints, on_metrics)
+    device = torch.device("cpu")
+    devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, 8)
+    state = fit(model, train_split.examples, RunContext(cfg, LR, 0, device, False, checkpoints,
+                                                        dev_scorer(devset, 0, device, False), on_metrics))
     return state, model, checkpoints
 
 
 def without_timing(state):
-    return {k: v for k, v in vars(state).items() if k != "train_seconds"}
+    return {k: v for k, v in vars(state).items() if k not in ("train_seconds", "eval_seconds")}
 
 
 def same_tensors(a, b):
@@ -186,7 +188,7 @@ def test_run_settings_change_with_the_data_and_name_the_code(prepared):
     train_split, dev = PreparedSplit(prepared, "train"), PreparedSplit(prepared, "valid")
     settings = run_settings({"lr": 0.001}, train_split.examples, dev.examples)
     assert settings["lr"] == 0.001 and settings["torch"] == str(torch.__version__)
-    assert {f"source of nerpipe.{m}" for m in ("training", "checkpoints", "batching")} <= set(settings)
+    assert {f"source of nerpipe.{m}" for m in ("train.loop", "train.checkpoints", "data.batching")} <= set(settings)
     assert run_settings({"lr": 0.001}, train_split.examples, dev.examples) == settings
     labels = train_split.examples.labels
     labels.values = labels.values.copy()
@@ -196,7 +198,7 @@ def test_run_settings_change_with_the_data_and_name_the_code(prepared):
 
 # --- the real pipeline: `dvc repro` killed, interrupted, re-run ------------------------------------
 
-TIMING = ("train_seconds", "train_sentences_per_second", "train_subtokens_per_second")
+TIMING = ("train_seconds", "dev_eval_seconds", "train_sentences_per_second", "train_subtokens_per_second")
 TRAIN_CMD = ("dvc", "repro", "--force", "--single-item", "train")
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from nerpipe.core.atomic import write_text
 from nerpipe.core.errors import UserError, exit_on_user_error
 from nerpipe.core.params import read_yaml
+from nerpipe.evaluate.metrics import flatten_metrics, headline_rows, type_order
 
-# pandas, matplotlib and nerpipe.report.render are imported where they are used: the `nerpipe` CLI
-# imports every command module, and they would add seconds to each `nerpipe set-params`.
+# pandas and matplotlib are imported where they are used: the `nerpipe` CLI imports every command
+# module, and they would add seconds to each `nerpipe set-params`.
 
 EVAL_METRICS = "reports/eval/metrics.json"
 TRAIN_METRICS = "reports/train/metrics.json"
@@ -29,17 +30,28 @@ LINE_TEMPLATES = ("linear", "simple", "scatter", "smooth")
 CONFUSION_TEMPLATES = ("confusion", "confusion_normalized")
 
 
-def metric_rows():
-    """(label, metrics file, flattened key, unit) for each row of the table, in order."""
-    from nerpipe.report.render import TYPES
+def _revision_file(file_diff, side):
+    """One revision's metrics file ("old" or "new" side) rebuilt from `dvc metrics diff` output, which
+    joins nested keys with dots ({"dev.conlleval.per_type.PER.f1": {"old": ..., "new": ...}})."""
+    nested = {}
+    for key, change in file_diff.items():
+        if change.get(side) is not None:
+            *parents, leaf = key.split(".")
+            node = nested
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = change[side]
+    return nested
 
-    rows = []
-    for split in ("dev", "test"):
-        rows.append((f"{split} F1", EVAL_METRICS, f"{split}.conlleval.f1", "f1"))
-        rows += [(f"{split} F1 {t}", EVAL_METRICS, f"{split}.conlleval.per_type.{t}.f1", "f1") for t in TYPES]
-    rows += [(f"{split} F1 before fine-tuning", EVAL_METRICS, f"before_finetuning.{split}.conlleval.f1", "f1")
-             for split in ("dev", "test")]
-    rows.append(("train time (s)", TRAIN_METRICS, "train_seconds", "seconds"))
+
+def metric_rows(metrics_diff):
+    """(label, base value, PR value, unit) of each row of the table, in order; None where a revision has no
+    value. The entity types are those either revision scored (nerpipe.evaluate.metrics)."""
+    evaluation = [_revision_file(metrics_diff.get(EVAL_METRICS, {}), side) for side in ("old", "new")]
+    old, new = (flatten_metrics(m) for m in evaluation)
+    rows = [(label, old.get(name), new.get(name), "f1") for label, name in headline_rows(*evaluation)]
+    train_time = metrics_diff.get(TRAIN_METRICS, {}).get("train_seconds", {})
+    rows.append(("train time (s)", train_time.get("old"), train_time.get("new"), "seconds"))
     return rows
 
 
@@ -69,9 +81,7 @@ def _format(value, unit, signed=False):
 def metrics_table(metrics_diff):
     """Markdown table from `dvc metrics diff --all --json` output; F1 in %, deltas in points."""
     lines = ["| metric | base | PR | Δ |", "|---|---:|---:|---:|"]
-    for label, path, key, unit in metric_rows():
-        entry = metrics_diff.get(path, {}).get(key, {})
-        old, new = entry.get("old"), entry.get("new")
+    for label, old, new, unit in metric_rows(metrics_diff):
         delta = new - old if old is not None and new is not None else None
         lines.append(f"| {label} | {_format(old, unit)} | {_format(new, unit)} | {_format(delta, unit, True)} |")
     return "\n".join(lines)
@@ -137,7 +147,7 @@ def draw_confusions(points, revs, props, y_field, title, path):
     import pandas as pd
 
     x_field = props["x"]
-    labels = sorted(set(points[x_field]) | set(points[y_field]), key=lambda t: (t == "O", t))
+    labels = type_order(set(points[x_field]) | set(points[y_field]))
     fig, axes = plt.subplots(1, len(revs), figsize=(4.2 * len(revs), 3.8), squeeze=False)
     for ax, rev in zip(axes[0], revs):
         rows = points[points["rev"] == rev]

@@ -6,7 +6,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-TYPES = ("PER", "LOC", "ORG", "MISC")
+from nerpipe.evaluate.metrics import SPLITS, entity_types, scores_in, type_order  # noqa: E402
 
 
 def plot_learning_curve(history, dev_eval, path):
@@ -25,7 +25,7 @@ def plot_learning_curve(history, dev_eval, path):
 
 
 def plot_confusion(confusion, path):
-    order = [t for t in (*TYPES, "O") if t in set(confusion["actual"]) | set(confusion["predicted"])]
+    order = type_order(set(confusion["actual"]) | set(confusion["predicted"]))  # the types of the data, O last
     table = pd.crosstab(confusion["actual"], confusion["predicted"]).reindex(index=order, columns=order,
                                                                              fill_value=0)
     share = table.div(table.sum(axis=1).clip(lower=1), axis=0)
@@ -50,18 +50,17 @@ def _pct(x):
 
 
 def headline_table(metrics):
-    """Dev/test P/R/F1 overall and per type, conlleval mode, and F1 before fine-tuning."""
+    """Dev/test P/R/F1 overall and per entity type of the split (conlleval mode), F1 strict and before
+    fine-tuning (0 where that mode or the untrained head has no entity of the type)."""
     rows = ["| split | type | precision | recall | F1 | F1 strict | F1 before fine-tuning | support |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for split in ("dev", "test"):
-        lenient, strict = metrics[split]["conlleval"], metrics[split]["strict"]
-        before = metrics["before_finetuning"][split]["conlleval"]
-        rows.append(f"| {split} | **all** | {_pct(lenient['precision'])} | {_pct(lenient['recall'])} | "
-                    f"**{_pct(lenient['f1'])}** | {_pct(strict['f1'])} | {_pct(before['f1'])} | {lenient['support']} |")
-        for t, s in lenient["per_type"].items():
-            strict_f1 = strict["per_type"].get(t, {}).get("f1", 0.0)
-            before_f1 = before["per_type"].get(t, {}).get("f1", 0.0)
-            rows.append(f"| {split} | {t} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | "
+    for split in SPLITS:
+        for t in (None, *entity_types(metrics, splits=(split,))):
+            s = scores_in(metrics, split, "conlleval", t)
+            strict_f1 = scores_in(metrics, split, "strict", t).get("f1", 0.0)
+            before_f1 = scores_in(metrics, split, "conlleval", t, before=True).get("f1", 0.0)
+            f1 = _pct(s["f1"]) if t else f"**{_pct(s['f1'])}**"
+            rows.append(f"| {split} | {t or '**all**'} | {_pct(s['precision'])} | {_pct(s['recall'])} | {f1} | "
                         f"{_pct(strict_f1)} | {_pct(before_f1)} | {s['support']} |")
     return "\n".join(rows)
 

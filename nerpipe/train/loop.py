@@ -9,6 +9,7 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -18,7 +19,7 @@ from nerpipe.core.errors import Interrupted
 from nerpipe.data.batching import collate, length_grouped_batches
 from nerpipe.evaluate.inference import predict_tags
 from nerpipe.evaluate.scoring import entity_scores
-from nerpipe.model.device import autocast, use_bf16
+from nerpipe.model.device import autocast
 
 LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
 
@@ -34,7 +35,8 @@ class TrainState:
     best_step: int = 0
     evals_since_best: int = 0
     stopped_early: bool = False
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # optimizer steps only: dev evaluations and checkpoints excluded
+    eval_seconds: float = 0.0  # dev evaluations
     sentences_seen: int = 0
     tokens_seen: int = 0
     loss_sum: float = 0.0  # since the last history row
@@ -50,6 +52,41 @@ class DevSet:
     gold: list
     id2label: dict
     batch_size: int
+
+
+def _ignore(*args):
+    pass
+
+
+@dataclass
+class RunContext:
+    """What `fit` needs besides the model and the training windows: the settings, where it runs, and
+    its side effects as hooks. Every side effect (dev evaluation, checkpoints, metric logging, the
+    progress bar) passes one gate, `_on_main`, so that only the main process performs it."""
+
+    cfg: object  # params.TrainParams
+    lr: float
+    pad_id: int
+    device: torch.device
+    bf16: bool  # resolved (model.device.use_bf16), not the 'auto' setting
+    checkpoints: object  # checkpoints.Checkpoints: resume, save, save_best, finish
+    evaluate_dev: Callable  # model -> {"f1", "precision", "recall"}; see dev_scorer
+    log_metrics: Callable = _ignore  # ({name: value}, step) -> None
+    is_main_process: bool = True
+
+
+def dev_scorer(dev, pad_id, device, bf16):
+    """The usual RunContext.evaluate_dev: conlleval entity scores of the model on `dev` (a DevSet)."""
+    def evaluate(model):
+        pred = predict_tags(model, dev.examples, dev.words, dev.id2label, pad_id, dev.batch_size, device, bf16,
+                            desc="dev", progress=False)
+        return entity_scores(dev.gold, pred)
+    return evaluate
+
+
+def _on_main(run, hook, *args):
+    """The one gate for side effects: run `hook` in the main process only; None elsewhere."""
+    return hook(*args) if run.is_main_process else None
 
 
 class StopRequest:
@@ -114,27 +151,23 @@ def train_step(model, group, train, lengths, pad_id, device, bf16):
     return total, sum(len(b) for b in group), sum(int(lengths[b].sum()) for b in group)
 
 
-def evaluate_dev(model, dev, pad_id, device, bf16):
-    pred = predict_tags(model, dev.examples, dev.words, dev.id2label, pad_id, dev.batch_size, device, bf16,
-                        desc="dev", progress=False)
-    return entity_scores(dev.gold, pred)
-
-
-def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lambda metrics, step: None):
-    """Train `model` in place; returns the final TrainState. The best model is in checkpoints.best_dir.
+def fit(model, train, run):
+    """Train `model` in place on `train` (prepared.WindowedExamples) as `run` (a RunContext) says;
+    returns the final TrainState. The best model is in run.checkpoints.best_dir.
 
     Resumes from the last checkpoint of the same settings, if any, and ends exactly as an uninterrupted
     run would: data order is a function of (seed, epoch), and the checkpoint holds everything else
     that changes (weights, optimizer, scheduler, torch RNG, position in the epoch, loss accumulators).
     """
-    bf16 = use_bf16(cfg.bf16, device)
-    optimizer = build_optimizer(model, lr, cfg.weight_decay, device)
+    cfg, checkpoints = run.cfg, run.checkpoints
+    optimizer = build_optimizer(model, run.lr, cfg.weight_decay, run.device)
     steps_per_epoch, total_steps = plan_steps(len(train), cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     state = checkpoints.resume(model, optimizer, scheduler) or TrainState()
     eval_every = cfg.eval_every_steps or steps_per_epoch
     lengths = train.input_ids.lengths()
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not run.is_main_process)
     with StopRequest() as stop:
         while state.epoch < cfg.epochs and not _finished(state, total_steps):
             batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
@@ -142,8 +175,8 @@ def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lamb
             while state.step_in_epoch < len(groups) and not _finished(state, total_steps):
                 model.train()
                 started = time.perf_counter()
-                loss, n_sentences, n_tokens = train_step(model, groups[state.step_in_epoch], train, lengths, pad_id,
-                                                         device, bf16)
+                loss, n_sentences, n_tokens = train_step(model, groups[state.step_in_epoch], train, lengths,
+                                                         run.pad_id, run.device, run.bf16)
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -160,9 +193,9 @@ def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lamb
                 last = end_of_epoch or state.step >= total_steps
                 progress = round(state.epoch + state.step_in_epoch / len(groups), 4)  # fractional epoch
                 if state.step % LOG_EVERY == 0 or last:
-                    _log_loss(state, progress, scheduler.get_last_lr()[0], on_metrics)
+                    _log_loss(state, progress, scheduler.get_last_lr()[0], run)
                 if state.step % eval_every == 0 or last:
-                    _evaluate(model, dev, pad_id, device, bf16, state, progress, checkpoints, cfg, on_metrics)
+                    _evaluate(model, state, progress, run)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                 dev_f1=f"{state.best_dev_f1:.4f}" if state.dev_evals else "-")
@@ -170,7 +203,7 @@ def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lamb
                     state.epoch += 1
                     state.step_in_epoch = 0
                 if stop.requested or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
-                    checkpoints.save(model, optimizer, scheduler, state)
+                    _on_main(run, checkpoints.save, model, optimizer, scheduler, state)
                 if stop.requested:
                     bar.close()
                     raise Interrupted(f"stopped at step {state.step}; the checkpoint in {checkpoints.directory} "
@@ -178,7 +211,7 @@ def fit(model, train, dev, cfg, lr, pad_id, device, checkpoints, on_metrics=lamb
                 if end_of_epoch:
                     break
     bar.close()
-    checkpoints.finish()
+    _on_main(run, checkpoints.finish)
     return state
 
 
@@ -186,29 +219,31 @@ def _finished(state, total_steps):
     return state.stopped_early or state.step >= total_steps
 
 
-def _log_loss(state, epoch, lr, on_metrics):
+def _log_loss(state, epoch, lr, run):
     loss = state.loss_sum / max(state.loss_steps, 1)
     state.history.append({"step": state.step, "epoch": epoch, "loss": round(loss, 6),
                           "lr": lr})
     state.loss_sum, state.loss_steps = 0.0, 0
-    on_metrics({"train_loss": loss, "learning_rate": lr}, state.step)
+    _on_main(run, run.log_metrics, {"train_loss": loss, "learning_rate": lr}, state.step)
 
 
-def _evaluate(model, dev, pad_id, device, bf16, state, epoch, checkpoints, cfg, on_metrics):
-    scores = evaluate_dev(model, dev, pad_id, device, bf16)
+def _evaluate(model, state, epoch, run):
+    started = time.perf_counter()
+    scores = _on_main(run, run.evaluate_dev, model)
+    state.eval_seconds += time.perf_counter() - started
     state.dev_evals.append({"step": state.step, "epoch": epoch,
                             "dev_f1": scores["f1"], "dev_precision": scores["precision"],
                             "dev_recall": scores["recall"]})
-    on_metrics({"dev_f1": scores["f1"], "dev_precision": scores["precision"], "dev_recall": scores["recall"]},
-               state.step)
+    _on_main(run, run.log_metrics, {"dev_f1": scores["f1"], "dev_precision": scores["precision"],
+                                    "dev_recall": scores["recall"]}, state.step)
     if scores["f1"] > state.best_dev_f1:
         state.best_dev_f1, state.best_step, state.evals_since_best = scores["f1"], state.step, 0
-        checkpoints.save_best(model)
+        _on_main(run, run.checkpoints.save_best, model)
     else:
         state.evals_since_best += 1
-        if cfg.patience and state.evals_since_best >= cfg.patience:
+        if run.cfg.patience and state.evals_since_best >= run.cfg.patience:
             state.stopped_early = True
-            tqdm.write(f"early stopping at step {state.step}: dev F1 has not improved for {cfg.patience} "
+            tqdm.write(f"early stopping at step {state.step}: dev F1 has not improved for {run.cfg.patience} "
                        f"evaluations (best {state.best_dev_f1:.4f} at step {state.best_step})")
 
 
@@ -216,7 +251,7 @@ def summary(state, total_steps):
     """The numbers train_metrics.json holds."""
     return {"steps": state.step, "planned_steps": total_steps, "epochs_completed": state.epoch,
             "best_dev_f1": state.best_dev_f1, "best_step": state.best_step, "stopped_early": state.stopped_early,
-            "train_seconds": round(state.train_seconds, 3),
+            "train_seconds": round(state.train_seconds, 3), "dev_eval_seconds": round(state.eval_seconds, 3),
             "train_sentences_per_second": round(state.sentences_seen / max(state.train_seconds, 1e-9), 2),
             "train_subtokens_per_second": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)}
 

@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make repro   create .venv, install, run the pipeline (dvc repro)
 #   make test    create .venv, install, run the tests
-# Offline: make repro DATA=../shared/data/conll2003 MODEL=/path/to/local/model
+# Offline: make repro DATA=/path/to/conll2003 MODEL=/path/to/local/model
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -18,7 +18,7 @@ $(BIN)/activate:
 # satisfied by it, so no dependency drags in a multi-GB CUDA build.
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -51,6 +51,13 @@ lint: node_modules/.package-lock.json
 
 test: setup lint
 	$(BIN)/pytest -q
+
+# The quick speed comparison with the Hugging Face Trainer (bench/README.md); its Trainer rows need the
+# `bench` extra (accelerate), which setup installs. DATA and MODEL as for repro; without them
+# bench/inputs.py finds the offline copies beside the repository.
+bench: setup
+	PYTHONPATH=. $(BIN)/python -m bench.run_benchmark --quick --out bench/results/quick.json \
+	  $(if $(DATA),--data $(DATA)) $(if $(MODEL),--model $(MODEL))
 
 clean:
 	rm -rf $(VENV)

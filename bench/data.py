@@ -3,7 +3,8 @@
 Both trainers (the Hugging Face Trainer and nerpipe's loop) get the same rows: sentences parsed by
 `nerpipe.data.prepare.read_corpus` (parsed, converted IOB1 -> IOB2), tokenized and windowed by
 `nerpipe.data.alignment.build_examples` through `datasets.map(batched=True)`, the label list from
-the label list over all splits (as the prepare stage builds it).
+the label list over all splits (as the prepare stage builds it). The directory comes from
+bench.inputs.data_dir.
 """
 
 import time
@@ -16,7 +17,6 @@ from datasets import Dataset
 from nerpipe.data.alignment import build_examples
 from nerpipe.data.prepare import read_corpus
 
-CONLL_DIR = Path("/work/shared/data/conll2003")
 SPLIT_FILES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}
 
 
@@ -53,24 +53,21 @@ class BenchData:
         return dict(enumerate(self.labels))
 
 
-def _tokenize(batch, tokenizer, label2id, max_length, overlap, label_all_tokens):
-    # Keyword call: robust to the argument order of build_examples.
-    return build_examples(batch=batch, tokenizer=tokenizer, label2id=label2id, max_length=max_length,
-                          overlap=overlap, label_all_tokens=label_all_tokens)
-
-
-def load_data(tokenizer, train_sentences=0, data_dir=CONLL_DIR, max_length=128, overlap=32,
+def load_data(tokenizer, data_dir, train_sentences=0, eval_sentences=0, max_length=128, overlap=32,
               label_all_tokens=False, splits=("train", "valid", "test")):
-    """Parse, convert and tokenize; `train_sentences` > 0 keeps only the first N training sentences."""
+    """Parse, convert and tokenize. `train_sentences` > 0 keeps the first N training sentences,
+    `eval_sentences` > 0 the first N of every other split (cut after the label list is built)."""
     started = time.perf_counter()
     parsed, labels = read_corpus({name: Path(data_dir) / SPLIT_FILES[name] for name in splits}, train_sentences)
+    if eval_sentences:
+        parsed = {name: s if name == "train" else s[:eval_sentences] for name, s in parsed.items()}
     label2id = {label: i for i, label in enumerate(labels)}
     out = {}
     for name, sentences in parsed.items():
         table = Dataset.from_dict({"sentence_id": list(range(len(sentences))),
                                    "words": [s.words for s in sentences],
                                    "tags": [s.tags for s in sentences]})
-        examples = table.map(_tokenize, batched=True, batch_size=1000, remove_columns=table.column_names,
+        examples = table.map(build_examples, batched=True, batch_size=1000, remove_columns=table.column_names,
                              fn_kwargs={"tokenizer": tokenizer, "label2id": label2id, "max_length": max_length,
                                         "overlap": overlap, "label_all_tokens": label_all_tokens},
                              desc=f"tokenize {name}")

@@ -1,6 +1,6 @@
 """Model FLOPs per trained sub-token, counted by torch.utils.flop_counter.FlopCounterMode.
 
-    PYTHONPATH=. .venv/bin/python -m bench.flops [--model DIR] [--seq-len 40] [--batch-size 32]
+    PYTHONPATH=. .venv/bin/python -m bench.flops [--model DIR] [--seq-len 40] [--batch-size 8]
 
 FlopCounterMode counts matmul-like ops (mm/addmm/bmm/baddbmm, scaled-dot-product attention) in the
 forward and the backward; elementwise ops (GELU, LayerNorm, softmax, dropout, AdamW) are not
@@ -16,10 +16,11 @@ sub-token a padded batch costs flops_per_token / (1 - padding_fraction).
 
 import argparse
 import json
-import subprocess
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from bench import inputs
 
 
 def _batch(model, batch_size, seq_len, seed=0):
@@ -72,31 +73,16 @@ def train_flops_per_token(model, seq_len, batch_size=8):
             "attn_implementation": getattr(model.config, "_attn_implementation", None)}
 
 
-def padded_batch_flops(model, lengths, pad_id=0):
-    """FLOPs for one real, dynamically padded batch with these row lengths: per real and per padded token."""
-    width = max(lengths)
-    batch = _batch(model, len(lengths), width)
-    for i, n in enumerate(lengths):
-        batch["input_ids"][i, n:] = pad_id
-        batch["attention_mask"][i, n:] = 0
-        batch["labels"][i, n:] = -100
-    counted = count_train_flops(model, batch)
-    real = sum(lengths)
-    return {"rows": len(lengths), "width": width, "real_tokens": real, "padded_tokens": width * len(lengths),
-            "flops_per_real_token": counted["total"] / real,
-            "flops_per_padded_token": counted["total"] / (width * len(lengths))}
-
-
 def load_model(model_dir=None, num_labels=9):
+    """The model with a fresh head of `num_labels`; `model_dir` None: bench.inputs.model_dir's default."""
     from transformers import AutoModelForTokenClassification
-    if model_dir is None:
-        model_dir = subprocess.check_output(["/work/shared/scripts/offline-model"], text=True).strip()
-    return AutoModelForTokenClassification.from_pretrained(model_dir, num_labels=num_labels, use_safetensors=True)
+    return AutoModelForTokenClassification.from_pretrained(inputs.model_dir(model_dir), num_labels=num_labels,
+                                                           use_safetensors=True)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model directory (default: the offline MiniLM-L6)")
+    parser.add_argument("--model", help=f"model directory (else ${inputs.MODEL_ENV}, else the offline MiniLM-L6)")
     parser.add_argument("--seq-len", type=int, nargs="+", default=[16, 40, 128])
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)

@@ -10,7 +10,7 @@ run_ner.py's setup, reproduced here:
     linear schedule with warmup; gradient clipping at `max_grad_norm`;
   - `train_sampling_strategy` "random" (RandomSampler) or "group_by_length" (LengthGroupedSampler;
     transformers 5.x replaced the `group_by_length=True` flag with this argument);
-  - no evaluation during training, no checkpoints, `report_to="none"`, CPU only.
+  - no evaluation during training, no checkpoints, `report_to="none"`; CPU, or CUDA with `device="cuda"`.
 
 The model is seeded with `transformers.set_seed(seed)` right before `from_pretrained`, as
 nerpipe.model.loading.load_for_training does, so both trainers start from the same classifier head.
@@ -23,8 +23,6 @@ recovered from the sampler and checked row by row against the returned `label_id
 """
 
 import math
-import os
-import resource
 import tempfile
 import time
 
@@ -34,6 +32,7 @@ import transformers
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer, TrainingArguments
 
 from bench.data import rows_to_word_tags
+from bench.result import TrainResult, entity_scores_only, fed_counts, loadavg, peak_rss_mib
 from nerpipe.evaluate.scoring import score_split
 
 STRATEGIES = ("random", "group_by_length")
@@ -44,28 +43,15 @@ class CountingCollator:
 
     def __init__(self, inner):
         self.inner = inner
-        self.reset()
-
-    def reset(self):
-        self.batches = self.rows = self.tokens = self.padded_tokens = 0
+        self.rows = self.tokens = self.padded_tokens = 0
 
     def __call__(self, features):
         batch = self.inner(features)
         mask = batch["attention_mask"]
-        self.batches += 1
         self.rows += int(mask.shape[0])
         self.tokens += int(mask.sum())
         self.padded_tokens += int(mask.numel())
         return batch
-
-    def stats(self):
-        return {"batches": self.batches, "rows": self.rows, "tokens": self.tokens,
-                "padded_tokens": self.padded_tokens,
-                "padding_fraction": round(1 - self.tokens / max(self.padded_tokens, 1), 4)}
-
-
-def peak_rss_mib():
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # ru_maxrss is KiB on Linux
 
 
 def planned_steps(n_rows, batch_size, epochs):
@@ -106,25 +92,19 @@ def predict_split(trainer, split, id2label):
 
 def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, seed=42, warmup_ratio=0.0,
                        weight_decay=0.0, max_grad_norm=1.0, train_sampling_strategy="random", bf16=False,
-                       eval_batch_size=64, threads=None, eval_splits=("valid", "test"), logging_steps=50,
-                       device="cpu",
-                       output_dir=None):
-    """Fine-tune with the HF Trainer on data.splits['train'], predict `eval_splits`; return a result dict.
+                       eval_batch_size=64, eval_splits=("valid", "test"), logging_steps=50, device="cpu"):
+    """Fine-tune with the HF Trainer on data.splits['train'], predict `eval_splits`; a TrainResult.
 
     Speed numbers cover `trainer.train()` only (data loading, collation, forward, backward, optimizer).
-    train_subtokens_per_second counts real (non-pad) sub-tokens, [CLS]/[SEP] included, as nerpipe's
-    loop counts them; padded_tokens_per_second counts what the matmuls actually chewed.
+    Sub-tokens are counted as nerpipe's loop counts them: real (non-pad) ones, [CLS]/[SEP] included.
     """
     if train_sampling_strategy not in STRATEGIES:
         raise ValueError(f"train_sampling_strategy {train_sampling_strategy!r}: expected one of {STRATEGIES}")
-    if threads:
-        torch.set_num_threads(threads)
     train = data.splits["train"]
     steps = planned_steps(len(train.examples), batch_size, epochs)
     warmup_steps = int(warmup_ratio * steps)  # nerpipe's rounding (the Trainer ceils a float ratio)
 
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     transformers.set_seed(seed)
     model = AutoModelForTokenClassification.from_pretrained(
         model_dir, num_labels=len(data.labels), id2label=data.id2label, label2id=data.label2id,
@@ -139,7 +119,7 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
 
     with tempfile.TemporaryDirectory(prefix="hf_trainer_") as tmp:
         args = TrainingArguments(
-            output_dir=output_dir or tmp,
+            output_dir=tmp,
             per_device_train_batch_size=batch_size,
             per_device_eval_batch_size=eval_batch_size,
             learning_rate=lr,
@@ -164,13 +144,13 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
         )
         trainer = Trainer(model=model, args=args, train_dataset=train.examples, data_collator=collator,
                           processing_class=tokenizer)
-        load_before = os.getloadavg()[0]
+        load_before = loadavg()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         train_output = trainer.train()
         train_seconds = time.perf_counter() - wall0
         cpu_seconds = time.process_time() - cpu0
-        fed = collator.stats()
-        rss_after_train = peak_rss_mib()
+        fed = fed_counts(collator.rows, collator.tokens, collator.padded_tokens)  # before predict() adds to them
+        load_after, rss_after_train = loadavg(), peak_rss_mib()
 
         scores, eval_seconds = {}, {}
         for name in eval_splits:
@@ -178,40 +158,27 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
             pred, eval_seconds[name] = predict_split(trainer, split, data.id2label)
             scores[name] = score_split(split.gold, pred)
 
-    threads_used = torch.get_num_threads()
+    threads = torch.get_num_threads()
     expected_tokens = train.n_subtokens() * epochs
     if fed["tokens"] != expected_tokens:
         raise AssertionError(f"the collator saw {fed['tokens']} sub-tokens, expected {expected_tokens}")
-    return {
-        "trainer": "hf_trainer",
-        "train_sampling_strategy": train_sampling_strategy,
-        "bf16": bf16,
-        "config": {"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed,
-                   "warmup_ratio": warmup_ratio, "warmup_steps": warmup_steps, "weight_decay": weight_decay,
-                   "max_grad_norm": max_grad_norm, "eval_batch_size": eval_batch_size, "optim": str(args.optim),
-                   "threads": threads_used, "torch": torch.__version__, "transformers": transformers.__version__},
-        "train_rows": len(train.examples),
-        "train_sentences": len(train.sentences),
-        "steps": trainer.state.global_step,
-        "planned_steps": steps,
-        "train_seconds": round(train_seconds, 3),
-        "train_sentences_per_second": round(len(train.sentences) * epochs / train_seconds, 2),
-        "train_rows_per_second": round(fed["rows"] / train_seconds, 2),
-        "train_subtokens_per_second": round(fed["tokens"] / train_seconds, 1),
-        "train_padded_tokens_per_second": round(fed["padded_tokens"] / train_seconds, 1),
-        "train_fed": fed,
-        "train_loss": round(float(train_output.training_loss), 5),  # mean over all steps
-        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
-        "train_cpu_seconds": round(cpu_seconds, 3),
-        "train_subtokens_per_cpu_second": round(fed["tokens"] / cpu_seconds, 1),
-        "cpu_utilisation": round(cpu_seconds / (train_seconds * threads_used), 3),
-        "loadavg_1min_before": round(load_before, 2),
-        "loadavg_1min_after": round(os.getloadavg()[0], 2),
-        "eval_seconds": {k: round(v, 3) for k, v in eval_seconds.items()},
-        "eval_batch_size": eval_batch_size,
-        "f1": {name: {mode: s[mode]["f1"] for mode in ("conlleval", "strict")} for name, s in scores.items()},
-        "scores": {name: {mode: {k: v for k, v in s[mode].items() if k != "per_type"}
-                          for mode in ("conlleval", "strict")} for name, s in scores.items()},
-        "peak_rss_mib": {"before_train": rss_before_train, "after_train": rss_after_train,
-                         "after_eval": peak_rss_mib()},
-    }
+    return TrainResult(
+        trainer="hf_trainer", batch_order=train_sampling_strategy, bf16=bf16,
+        config={"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed, "warmup_ratio": warmup_ratio,
+                "warmup_steps": warmup_steps, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
+                "optim": str(args.optim), "threads": threads, "torch": torch.__version__,
+                "transformers": transformers.__version__},
+        train_sentences=len(train.sentences), train_rows=len(train.examples),
+        steps=trainer.state.global_step, planned_steps=steps,
+        train_seconds=round(train_seconds, 3), training_call_seconds=round(train_seconds, 3),
+        dev_eval_seconds_in_training=0.0,
+        train_cpu_seconds=round(cpu_seconds, 3), cpu_utilisation=round(cpu_seconds / (train_seconds * threads), 3),
+        fed=fed,
+        train_loss=round(float(train_output.training_loss), 6),  # the Trainer's mean over all steps
+        loss_history=[{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        dev_evals=[],
+        eval_seconds={k: round(v, 3) for k, v in eval_seconds.items()}, scores=entity_scores_only(scores),
+        eval_batch_size=eval_batch_size,
+        peak_rss_mib={"before_train": rss_before_train, "after_train": rss_after_train,
+                      "after_eval": peak_rss_mib()},
+        loadavg_1min=[load_before, load_after])

@@ -1,6 +1,6 @@
 """Sustained matmul throughput on this CPU, fp32 and bf16, and which kernel does the work.
 
-    PYTHONPATH=. .venv/bin/python -m bench.matmul                      # summary: 2048/4096, fp32 + bf16
+    PYTHONPATH=. .venv/bin/python -m bench.matmul                      # summary: 2048/4096, fp32 (+ bf16)
     PYTHONPATH=. .venv/bin/python -m bench.matmul --sweep              # ops, layouts, shapes, threads
     PYTHONPATH=. .venv/bin/python -m bench.matmul --kernels            # oneDNN kernel per dtype / ISA cap
 
@@ -8,6 +8,10 @@ GFLOP/s = 2*m*k*n / seconds per call; the median call over >= `min_seconds` of c
 is reported (the best call too). The machine is shared, so every measurement also records the
 process's CPU utilisation (CPU seconds / (wall seconds * threads)): well below 1.0 means another
 process took cores and the number is low.
+
+bf16 is measured only where the CPU runs it natively (avx512_bf16 or AMX, the rule of nerpipe's
+`train.bf16: auto`): emulated, a 2048^3 bf16 matmul runs at about 1 GFLOP/s, some 17 s a call.
+`--kernels` is the exception: it probes on purpose which kernel each dtype gets, emulated ones included.
 
 bf16 findings are in bench/NOTES_bf16.md.
 """
@@ -21,6 +25,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from nerpipe.model.device import use_bf16
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OPS = ("mm", "matmul", "linear", "addmm")
@@ -79,11 +85,16 @@ def measure(m, k=None, n=None, dtype="fp32", op="mm", layout="nn", threads=None,
             "cpu_utilisation": round(cpu / (wall * used), 3)}
 
 
+def native_dtypes():
+    """fp32, and bf16 where this CPU has native bf16 dot products."""
+    return [d for d in DTYPES if d != "bf16" or use_bf16("auto", torch.device("cpu"))]
+
+
 def summary(sizes=(2048, 4096), threads=None, min_seconds=2.0):
-    """The headline numbers: large square torch.mm, fp32 and bf16."""
+    """The headline numbers: large square torch.mm in each native dtype."""
     rows = []
     for size in sizes:
-        for dtype in DTYPES:
+        for dtype in native_dtypes():
             rows.append(measure(size, dtype=dtype, threads=threads, min_seconds=min_seconds))
     return rows
 
@@ -100,12 +111,12 @@ def sweep(threads_list=(1, 2), min_seconds=0.5):
     rows = []
     for threads in threads_list:
         for m, k, n in SWEEP_SHAPES:
-            for dtype in DTYPES:
+            for dtype in native_dtypes():
                 rows.append(measure(m, k, n, dtype=dtype, threads=threads, min_seconds=min_seconds))
     m = 2048
     for op in OPS:
         for layout in LAYOUTS:
-            for dtype in DTYPES:
+            for dtype in native_dtypes():
                 rows.append(measure(m, dtype=dtype, op=op, layout=layout, min_seconds=min_seconds))
     return rows
 

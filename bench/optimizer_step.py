@@ -1,8 +1,8 @@
 """Time one AdamW step over all MiniLM-L6 parameters (22.6 M, 11.7 M of them the word embeddings):
-foreach (what nerpipe.train.loop.build_optimizer uses on CPU) vs fused (the HF Trainer's default,
-`adamw_torch_fused`; torch has a fused CPU kernel since 2.4).
+foreach (torch's default on CPU) vs fused (what nerpipe.train.loop.build_optimizer uses, and the HF
+Trainer's default, `adamw_torch_fused`; torch has a fused CPU kernel since 2.4).
 
-    PYTHONPATH=. .venv/bin/python -m bench.optimizer_step [--threads 1 2] [--steps 8]
+    PYTHONPATH=. .venv/bin/python -m bench.optimizer_step [--model DIR] [--threads 1 2] [--steps 8]
 
 The step is memory-bound (param, grad, exp_avg, exp_avg_sq read and written) and costs the same
 whatever the batch, so its share of a training step grows as padding shrinks and batches get shorter.
@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from bench import inputs
 from bench.flops import load_model
 
 
@@ -36,12 +37,13 @@ def time_optimizer(model, kind, steps=8, warmup=2):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help=f"model directory (else ${inputs.MODEL_ENV}, else the offline MiniLM-L6)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--kinds", nargs="+", default=["foreach", "fused", "single-tensor"])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    model = load_model()
+    model = load_model(args.model)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     rows = []

@@ -1,30 +1,44 @@
 """Side-by-side speed benchmark: the Hugging Face Trainer (run_ner.py setup) vs nerpipe's training loop.
 
-    # quick: first 2000 training sentences, 1 epoch, bs 32, lr 5e-5, seed 42, both HF samplers + nerpipe
+    # quick: first 2000 training sentences, 1 epoch, bs 32, lr 5e-5, seed 42, the default trainers
     PYTHONPATH=. .venv/bin/python -m bench.run_benchmark --quick --out bench/results/quick.json
 
     # thread settings only, no evaluation
-    PYTHONPATH=. .venv/bin/python -m bench.run_benchmark --train-sentences 500 --threads 1 2 \
+    PYTHONPATH=. .venv/bin/python -m bench.run_benchmark --train-sentences 500 --threads 1 2 \\
         --trainers hf-random --eval-splits none --out bench/results/threads.json
+
+`make bench` installs the `bench` extra (accelerate, which the Trainer needs) and runs the quick one.
+Data and model: --data / --model, else $NERPIPE_BENCH_DATA / $NERPIPE_BENCH_MODEL, else the offline
+copies beside the repository (bench/inputs.py).
+
+The default trainers are run_ner.py's Trainer (random batches, fp32), the Trainer with
+group_by_length (fp32), nerpipe with its defaults, and, on a CPU with native bf16 (avx512_bf16 or
+AMX: exactly where nerpipe's `train.bf16: auto` turns bf16 on), the Trainer with bf16=True, its
+strongest setting there. So each precision nerpipe trains in has a like-for-like Trainer row; at
+equal precision the two loops have run at the same speed (BENCHMARKS.md). bf16 is never measured
+where the CPU would emulate it: neither those rows nor the bf16 matmul reference.
 
 Every (trainer, threads, repeat) runs in a fresh Python process (`--worker`), so each one pays the
 same cold-start costs, gets its own peak RSS, and a crash in one does not lose the others. All
 trainers get the same rows (bench/data.py builds them with nerpipe's own tokenization) and the same
-hyperparameters. Writes <out>.json (everything) and <out>.md (the table); prints the table.
+hyperparameters, and return the same record (bench/result.py). Writes <out>.json (everything) and
+<out>.md (the table); prints the table.
 
-Speed columns, all over the training call only (evaluation is timed separately):
+Speed columns, all over training only (evaluation is timed separately):
+  train s     nerpipe: its own TrainState.train_seconds (optimizer steps; fit() times its dev
+              evaluations apart, in eval_seconds); the Trainer: trainer.train(), which evaluates nothing
   sent/s      training sentences * epochs / train seconds
   subtok/s    real sub-tokens ([CLS]/[SEP] included, padding excluded) / train seconds
   subtok/cpu-s  the same per CPU second the process used (all threads): less sensitive to other
-              processes on this shared machine, best compared at 1 thread (2 threads count
+              processes on a shared machine, best compared at 1 thread (2 threads count
               OpenMP spin-waiting as CPU time)
   padded/s    sub-tokens including padding, i.e. what the matmuls processed / train seconds
   GFLOP/cpu-s padded tokens * model train FLOPs per token (bench/flops.py) / (train seconds * cpu util
               * threads): model FLOPs per CPU second the trainer actually got
   % of fp32 mm  that, as a share of a 2048^3 fp32 torch.mm on the same threads, also per CPU second
               (bench/matmul.py): how close training gets to plain GEMM speed
-The machine is shared: `cpu util` (process CPU seconds / (wall * threads)) well below 1 means other
-processes took cores during the run; treat such a row's speed as a lower bound.
+`cpu util` (process CPU seconds / (wall * threads)) well below 1 means other processes took cores
+during the run; treat such a row's speed as a lower bound.
 """
 
 import argparse
@@ -38,152 +52,140 @@ import tempfile
 import time
 from pathlib import Path
 
-# name -> (kind, keyword arguments of bench.hf_trainer.train_and_evaluate or nerpipe TrainParams overrides).
-# "nerpipe" runs its defaults; "nerpipe-fp32" switches bf16 off and "hf-group-bf16" switches it on for the
-# Trainer, to show what that one lever is worth on each side.
+import torch
+
+from bench import inputs
+from bench.result import TrainResult, entity_scores_only, fed_counts, loadavg, peak_rss_mib
+from nerpipe.core.errors import UserError, exit_on_user_error
+from nerpipe.model.device import use_bf16
+
+# name -> (kind, keyword arguments of bench.hf_trainer.train_and_evaluate or of run_nerpipe).
+# "nerpipe" runs its defaults (bf16 "auto"); "nerpipe-fp32" switches bf16 off, "hf-group-bf16" on for the
+# Trainer: the rows that show what that one lever is worth on each side.
 TRAINERS = {"hf-random": ("hf", {"train_sampling_strategy": "random"}),
             "hf-group": ("hf", {"train_sampling_strategy": "group_by_length"}),
             "hf-group-bf16": ("hf", {"train_sampling_strategy": "group_by_length", "bf16": True}),
             "nerpipe": ("nerpipe", {}),
             "nerpipe-fp32": ("nerpipe", {"bf16": "off"})}
-DEFAULT_TRAINERS = ["hf-random", "hf-group", "nerpipe"]
 QUICK_TRAIN_SENTENCES = 2000
+CPU = torch.device("cpu")
 
 
-def offline_model():
-    return subprocess.check_output(["/work/shared/scripts/offline-model"], text=True).strip()
+def native_bf16():
+    """True where this CPU runs bf16 matmuls natively: the rule of nerpipe's `train.bf16: auto`."""
+    return use_bf16("auto", CPU)
+
+
+def default_trainers(device):
+    """The Trainer as run_ner.py sets it up, with group_by_length, and nerpipe; plus the Trainer in bf16
+    on a CPU with native bf16, where nerpipe's default trains in bf16 too. (On CUDA every row is bf16.)"""
+    return ["hf-random", "hf-group"] + (["hf-group-bf16"] if device == "cpu" and native_bf16() else []) + ["nerpipe"]
+
+
+def trains_in_bf16(trainer, device):
+    kind, options = TRAINERS[trainer]
+    if device == "cuda":
+        return True
+    return options.get("bf16", False) if kind == "hf" else use_bf16(options.get("bf16", "auto"), CPU)
 
 
 # --------------------------------------------------------------------------------------------------
-# nerpipe's trainer. PLUG-IN POINT: keep the signature and the returned keys (the same as
-# bench.hf_trainer.train_and_evaluate returns) when nerpipe.train.loop changes.
+# nerpipe's trainer, through the same calls stages/train.py makes
 # --------------------------------------------------------------------------------------------------
 def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, weight_decay, max_grad_norm,
-                eval_batch_size, threads, eval_splits, overrides=None, device="cpu"):
-    """Train with nerpipe.train.loop.fit on the benchmark rows, predict with nerpipe.evaluate.inference; score."""
-    import torch
-
-    from bench.hf_trainer import peak_rss_mib
-    from nerpipe import training as nerpipe_training
+                eval_batch_size, eval_splits, bf16="auto", device="cpu"):
+    """Train with nerpipe.train.loop.fit on the benchmark rows (dev F1 once per epoch, the best model
+    kept, as the train stage does), predict `eval_splits` with the best model; a TrainResult."""
     from nerpipe.core.params import TrainParams
     from nerpipe.data.batching import length_grouped_batches
-    from nerpipe.evaluate.inference import WindowedExamples, predict_tags
+    from nerpipe.data.prepared import WindowedExamples
+    from nerpipe.evaluate.inference import predict_tags
     from nerpipe.evaluate.scoring import score_split
-    from nerpipe.model.loading import load_for_training, load_tokenizer, load_trained, pick_device
+    from nerpipe.model.device import pick_device
+    from nerpipe.model.loading import load_for_training, load_tokenizer, load_trained
     from nerpipe.train.checkpoints import Checkpoints
-    from nerpipe.train.loop import DevSet, fit, plan_steps
+    from nerpipe.train.loop import DevSet, RunContext, dev_scorer, fit, plan_steps
 
-    if threads:
-        torch.set_num_threads(threads)
-    device = pick_device() if device == "cuda" else torch.device("cpu")  # pick_device also turns TF32 on
+    device = pick_device() if device == "cuda" else CPU  # pick_device also turns TF32 on
     tokenizer = load_tokenizer(model_dir)
+    pad_id = tokenizer.pad_token_id
     cfg = TrainParams(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                       max_grad_norm=max_grad_norm, seed=seed, dropout=0.1, eval_every_steps=0, patience=0,
-                      checkpoint_every=0, **(overrides or {}))
-    bf16 = nerpipe_training.use_bf16(cfg.bf16, device)
+                      checkpoint_every=0, bf16=bf16)
+    bf16 = use_bf16(cfg.bf16, device)
     train_split, dev_split = data.splits["train"], data.splits["valid"]
-    if "valid" not in eval_splits:  # a speed-only run: keep fit()'s end-of-epoch dev evaluation short
-        dev_split = _first_sentences(dev_split, 64)
     train = WindowedExamples(train_split.examples)
-    dev = DevSet(WindowedExamples(dev_split.examples), dev_split.words, dev_split.gold, data.id2label,
-                 eval_batch_size)
+    devset = DevSet(WindowedExamples(dev_split.examples), dev_split.words, dev_split.gold, data.id2label,
+                    eval_batch_size)
+    score_dev = dev_scorer(devset, pad_id, device, bf16)
+    dev_cpu_seconds = 0.0
+
+    def evaluate_dev(model):
+        # fit() times its dev evaluations in wall seconds (TrainState.eval_seconds); their CPU seconds are
+        # counted here, so that the CPU seconds of training alone can be reported.
+        nonlocal dev_cpu_seconds
+        started = time.process_time()
+        try:
+            return score_dev(model)
+        finally:
+            dev_cpu_seconds += time.process_time() - started
+
     model = load_for_training(model_dir, data.labels, cfg.dropout, seed).to(device)
     rss_before_train = peak_rss_mib()
-    # fit() evaluates dev and saves the best model inside its loop; time those separately so that the
-    # CPU seconds of training alone can be reported (nerpipe's own train_seconds already excludes them).
-    side = {"wall": 0.0, "cpu": 0.0}
-
-    def timed(fn):
-        def wrapper(*a, **kw):
-            cpu, wall = time.process_time(), time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                side["cpu"] += time.process_time() - cpu
-                side["wall"] += time.perf_counter() - wall
-        return wrapper
-
-    class TimedCheckpoints(Checkpoints):
-        save = timed(Checkpoints.save)
-        save_best = timed(Checkpoints.save_best)
-
-    original_evaluate_dev = nerpipe_training.evaluate_dev
-    nerpipe_training.evaluate_dev = timed(original_evaluate_dev)
     with tempfile.TemporaryDirectory(prefix="nerpipe_bench_") as tmp:
-        checkpoints = TimedCheckpoints(Path(tmp) / "checkpoints", "bench")
-        load_before = os.getloadavg()[0]
+        checkpoints = Checkpoints(Path(tmp) / "checkpoints", "bench")
+        load_before = loadavg()
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        try:
-            state = fit(model, train, dev, cfg, lr, tokenizer.pad_token_id, device, checkpoints)
-        finally:
-            nerpipe_training.evaluate_dev = original_evaluate_dev
+        state = fit(model, train, RunContext(cfg, lr, pad_id, device, bf16, checkpoints, evaluate_dev))
         fit_seconds = time.perf_counter() - wall0
-        cpu_seconds = time.process_time() - cpu0 - side["cpu"]
-        rss_after_train = peak_rss_mib()
-        best = (load_trained(checkpoints.best_dir).to(device) if (checkpoints.best_dir / "config.json").exists()
-                else model)
+        # The rest of the call besides dev evaluation is the steps, plus saving the best model once an epoch.
+        train_cpu_seconds = time.process_time() - cpu0 - dev_cpu_seconds
+        load_after, rss_after_train = loadavg(), peak_rss_mib()
+        best = load_trained(checkpoints.best_dir).to(device)
         scores, eval_seconds = {}, {}
         for name in eval_splits:
             split = data.splits[name]
             started = time.perf_counter()
-            pred = predict_tags(best, WindowedExamples(split.examples), split.words, data.id2label,
-                                tokenizer.pad_token_id, eval_batch_size, device, bf16, progress=False)
+            pred = predict_tags(best, WindowedExamples(split.examples), split.words, data.id2label, pad_id,
+                                eval_batch_size, device, bf16, progress=False)
             eval_seconds[name] = time.perf_counter() - started
             scores[name] = score_split(split.gold, pred)
-    train_seconds = state.train_seconds  # nerpipe's own clock: optimizer steps only, dev evals excluded
+
+    threads = torch.get_num_threads()
     lengths = train.input_ids.lengths()
-    padded = sum(int(lengths[b].max()) * len(b) for e in range(state.epoch)
-                 for b in length_grouped_batches(lengths, batch_size, seed, e))
-    threads_used = torch.get_num_threads()
-    return {
-        "trainer": "nerpipe",
-        "train_sampling_strategy": "nerpipe length_grouped_batches",
-        "bf16": bf16,
-        "config": {"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed, "warmup_ratio": warmup_ratio,
-                   "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "eval_batch_size": eval_batch_size,
-                   "threads": threads_used, "torch": torch.__version__},
-        "train_rows": len(train),
-        "train_sentences": len(train_split.sentences),
-        "steps": state.step,
-        "planned_steps": plan_steps(len(train), cfg)[1],
-        "train_seconds": round(train_seconds, 3),
-        "fit_seconds_incl_dev_eval": round(fit_seconds, 3),
-        "train_sentences_per_second": round(len(train_split.sentences) * state.epoch / train_seconds, 2),
-        "train_rows_per_second": round(state.sentences_seen / train_seconds, 2),
-        "train_subtokens_per_second": round(state.tokens_seen / train_seconds, 1),
-        "train_padded_tokens_per_second": round(padded / train_seconds, 1),
-        "train_fed": {"rows": state.sentences_seen, "tokens": state.tokens_seen, "padded_tokens": padded,
-                      "padding_fraction": round(1 - state.tokens_seen / max(padded, 1), 4)},
-        "train_loss_last_log": state.history[-1]["loss"] if state.history else None,  # not the epoch mean
-        "loss_history": state.history,
-        "dev_eval_and_save_seconds_in_fit": round(side["wall"], 3),
-        "train_cpu_seconds": round(cpu_seconds, 3),
-        "train_subtokens_per_cpu_second": round(state.tokens_seen / cpu_seconds, 1),
-        "cpu_utilisation": round(cpu_seconds / ((fit_seconds - side["wall"]) * threads_used), 3),
-        "loadavg_1min_before": round(load_before, 2),
-        "loadavg_1min_after": round(os.getloadavg()[0], 2),
-        "eval_seconds": {k: round(v, 3) for k, v in eval_seconds.items()},
-        "eval_batch_size": eval_batch_size,
-        "f1": {name: {mode: s[mode]["f1"] for mode in ("conlleval", "strict")} for name, s in scores.items()},
-        "scores": {name: {mode: {k: v for k, v in s[mode].items() if k != "per_type"}
-                          for mode in ("conlleval", "strict")} for name, s in scores.items()},
-        "peak_rss_mib": {"before_train": rss_before_train, "after_train": rss_after_train,
-                         "after_eval": peak_rss_mib()},
-        "dev_evals": state.dev_evals,
-    }
-
-
-def _first_sentences(split, n):
-    from bench.data import Split
-    examples = split.examples.filter(lambda row: row["sentence_id"] < n).flatten_indices()
-    return Split(split.sentences.select(range(n)).flatten_indices(), examples)
+    multiple = 8 if device.type == "cuda" else 1  # fit's collate pads to a multiple of 8 on CUDA
+    padded = sum(-(-int(lengths[b].max()) // multiple) * multiple * len(b) for epoch in range(state.epoch)
+                 for b in length_grouped_batches(lengths, batch_size, seed, epoch))
+    logged_steps = [row["step"] for row in state.history]
+    # each history row is the mean loss of the steps since the previous row
+    loss_sum = sum(row["loss"] * (step - previous)
+                   for row, step, previous in zip(state.history, logged_steps, [0] + logged_steps))
+    return TrainResult(
+        trainer="nerpipe", batch_order="nerpipe length_grouped_batches", bf16=bf16,
+        config={"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed, "warmup_ratio": warmup_ratio,
+                "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "threads": threads,
+                "torch": torch.__version__},
+        train_sentences=len(train_split.sentences), train_rows=len(train),
+        steps=state.step, planned_steps=plan_steps(len(train), cfg)[1],
+        train_seconds=round(state.train_seconds, 3), training_call_seconds=round(fit_seconds, 3),
+        dev_eval_seconds_in_training=round(state.eval_seconds, 3),
+        train_cpu_seconds=round(train_cpu_seconds, 3),
+        cpu_utilisation=round(train_cpu_seconds / ((fit_seconds - state.eval_seconds) * threads), 3),
+        fed=fed_counts(state.sentences_seen, state.tokens_seen, padded),
+        train_loss=round(loss_sum / max(state.step, 1), 6),
+        loss_history=[{"step": row["step"], "loss": row["loss"]} for row in state.history],
+        dev_evals=state.dev_evals,
+        eval_seconds={k: round(v, 3) for k, v in eval_seconds.items()}, scores=entity_scores_only(scores),
+        eval_batch_size=eval_batch_size,
+        peak_rss_mib={"before_train": rss_before_train, "after_train": rss_after_train,
+                      "after_eval": peak_rss_mib()},
+        loadavg_1min=[load_before, load_after])
 
 
 # --------------------------------------------------------------------------------------------------
 # Worker: one training run in this process.
 # --------------------------------------------------------------------------------------------------
 def worker(spec):
-    import torch
     from transformers import AutoTokenizer
 
     from bench.data import load_data
@@ -191,22 +193,17 @@ def worker(spec):
 
     torch.set_num_threads(spec["threads"])
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    # All three splits always: the label list is built over all of them, as stages/prepare.py does.
-    data = load_data(tokenizer, train_sentences=spec["train_sentences"])
+    # All three splits always: the label list is built over all of them, as stages/prepare.py does. A run
+    # without evaluation still has fit() score dev once an epoch: on its first 64 sentences, then.
+    eval_sentences = spec["eval_sentences"] or (0 if spec["eval_splits"] else 64)
+    data = load_data(tokenizer, spec["data"], spec["train_sentences"], eval_sentences)
     kind, options = TRAINERS[spec["trainer"]]
     hyper = {k: spec[k] for k in ("lr", "batch_size", "epochs", "seed", "warmup_ratio", "weight_decay",
                                   "max_grad_norm", "eval_batch_size")}
-    if kind == "hf":
-        result = train_and_evaluate(spec["model"], data, **options, threads=spec["threads"], device=spec["device"],
-                                    eval_splits=tuple(spec["eval_splits"]), **hyper)
-    else:
-        result = run_nerpipe(spec["model"], data, threads=spec["threads"], eval_splits=tuple(spec["eval_splits"]),
-                             device=spec["device"],
-                             overrides=options,
-                             **hyper)
-    result["data_seconds"] = round(data.seconds, 2)
-    result["spec"] = spec
-    return result
+    run = train_and_evaluate if kind == "hf" else run_nerpipe
+    result = run(spec["model"], data, **options, **hyper, eval_splits=tuple(spec["eval_splits"]),
+                 device=spec["device"])
+    return {**result.to_json(), "data_seconds": round(data.seconds, 2), "spec": spec}
 
 
 def run_in_subprocess(spec, timeout):
@@ -245,19 +242,19 @@ def table_rows(runs, flops_per_token, fp32_gflops):
     for r in runs:
         spec = r["spec"]
         if "error" in r:
-            rows.append([spec["trainer"], str(spec["threads"]), str(spec["repeat"]), "ERROR: " +
-                         r["error"].splitlines()[-1][:80]] + [""] * (len(HEADER) - 4))
+            rows.append([spec["trainer"], "", str(spec["threads"]), str(spec["repeat"]), "ERROR: " +
+                         r["error"].splitlines()[-1][:80]] + [""] * (len(HEADER) - 5))
             continue
         # Per CPU second, so that time other processes took does not count against the trainer.
         cpu_scale = r["cpu_utilisation"] * r["config"]["threads"]
         gflops = r["train_padded_tokens_per_second"] * flops_per_token / 1e9 / cpu_scale if flops_per_token else None
-        f1 = r.get("f1", {})
+        f1 = r["f1"]
         rows.append([
-            spec["trainer"], str(r["config"]["threads"]), str(spec["repeat"]),
+            spec["trainer"], "bf16" if r["bf16"] else "fp32", str(r["config"]["threads"]), str(spec["repeat"]),
             _fmt(r["train_seconds"], 1), _fmt(r["train_sentences_per_second"], 1),
-            _fmt(r["train_subtokens_per_second"]), _fmt(r.get("train_subtokens_per_cpu_second")),
+            _fmt(r["train_subtokens_per_second"]), _fmt(r["train_subtokens_per_cpu_second"]),
             _fmt(r["train_padded_tokens_per_second"]),
-            _fmt(100 * r["train_fed"]["padding_fraction"], 1),
+            _fmt(100 * r["fed"]["padding_fraction"], 1),
             _fmt(gflops, 1), _fmt(100 * gflops / fp32_gflops[r["config"]["threads"]]
                                   if gflops and r["config"]["threads"] in fp32_gflops else None, 0),
             "/".join(_fmt(100 * f1[s]["conlleval"], 2) for s in ("valid", "test") if s in f1) or "-",
@@ -269,8 +266,8 @@ def table_rows(runs, flops_per_token, fp32_gflops):
     return rows
 
 
-HEADER = ["trainer", "threads", "rep", "train s", "sent/s", "subtok/s", "subtok/cpu-s", "padded/s", "pad %",
-          "GFLOP/cpu-s", "% of fp32 mm", "F1 dev/test (conlleval)", "F1 dev/test (strict)", "eval s dev/test",
+HEADER = ["trainer", "precision", "threads", "rep", "train s", "sent/s", "subtok/s", "subtok/cpu-s", "padded/s",
+          "pad %", "GFLOP/cpu-s", "% of fp32 mm", "F1 dev/test (conlleval)", "F1 dev/test (strict)", "eval s dev/test",
           "peak RSS MiB", "cpu util"]
 
 
@@ -294,25 +291,29 @@ def medians(runs):
             groups.setdefault((r["spec"]["trainer"], r["config"]["threads"]), []).append(r)
     out = []
     for (trainer, threads), rs in groups.items():
-        out.append({"trainer": trainer, "threads": threads, "repeats": len(rs),
+        out.append({"trainer": trainer, "threads": threads, "repeats": len(rs), "bf16": rs[0]["bf16"],
                     **{k: statistics.median(x[k] for x in rs) for k in
                        ("train_seconds", "train_sentences_per_second", "train_subtokens_per_second",
-                        "train_padded_tokens_per_second")},
-                    "train_subtokens_per_cpu_second": statistics.median(
-                        x.get("train_subtokens_per_cpu_second") or 0 for x in rs),
-                    "dev_f1": statistics.median(x["f1"]["valid"]["conlleval"] for x in rs) if "valid" in rs[0].get(
-                        "f1", {}) else None})
+                        "train_padded_tokens_per_second", "train_subtokens_per_cpu_second")},
+                    "dev_f1": statistics.median(x["f1"]["valid"]["conlleval"] for x in rs)
+                    if "valid" in rs[0]["f1"] else None})
     return out
 
 
+def _precision(median):
+    return "bf16" if median["bf16"] else "fp32"
+
+
 def ratio_lines(medians_):
-    """nerpipe's median speed over each other trainer's, at the same thread count, and the dev F1 gap."""
+    """nerpipe's median speed over each other trainer's, at the same thread count, and the dev F1 gap; the
+    precision of each side is named, since at equal precision the two loops have run at the same speed."""
     lines = []
     for base in (m for m in medians_ if m["trainer"] == "nerpipe"):
         for other in (m for m in medians_ if m["threads"] == base["threads"] and m["trainer"] != "nerpipe"):
-            line = (f"- nerpipe / {other['trainer']} ({base['threads']} threads, medians of {base['repeats']} and "
-                    f"{other['repeats']} runs): **{base['train_sentences_per_second'] / other['train_sentences_per_second']:.2f}x**"
-                    f" sentences/s")
+            speedup = base["train_sentences_per_second"] / other["train_sentences_per_second"]
+            line = (f"- nerpipe ({_precision(base)}) / {other['trainer']} ({_precision(other)}) "
+                    f"({base['threads']} threads, medians of {base['repeats']} and {other['repeats']} runs): "
+                    f"**{speedup:.2f}x** sentences/s")
             if base["dev_f1"] is not None and other["dev_f1"] is not None:
                 line += f"; dev F1 (conlleval) {100 * (base['dev_f1'] - other['dev_f1']):+.2f} points"
             lines.append(line)
@@ -320,12 +321,12 @@ def ratio_lines(medians_):
 
 
 def environment():
-    import torch
     import transformers
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "cpu": cpu, "cores": os.cpu_count(), "default_threads": torch.get_num_threads(),
+            "native_bf16": native_bf16(),
             "loadavg_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -349,6 +350,8 @@ def write_report(report, out):
           f"{spec.get('warmup_ratio')}, weight decay {spec.get('weight_decay')}, eval batch size "
           f"{spec.get('eval_batch_size')}",
           f"- {env['cpu']}, {env['cores']} cores; torch {env['torch']}, transformers {env['transformers']}",
+          f"- native bf16 (avx512_bf16 or AMX; where nerpipe's `train.bf16: auto` turns bf16 on): "
+          f"{'yes' if env.get('native_bf16') else 'no'}",
           f"- load average at start/end: {env['loadavg_start'][0]:.2f} / {env['loadavg_end'][0]:.2f} "
           "(shared machine; see `cpu util`)",
           f"- model train FLOPs per sub-token (seq 40): {flops_per_token / 1e6:.2f} M"]
@@ -383,10 +386,16 @@ def merge(paths, out):
     return merged
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help=f"CoNLL-2003 directory (else ${inputs.DATA_ENV}, else "
+                                       "../shared/data/conll2003 beside the repository)")
+    parser.add_argument("--model", help=f"local model directory (else ${inputs.MODEL_ENV}, else what "
+                                        "../shared/scripts/offline-model beside the repository prints)")
     parser.add_argument("--quick", action="store_true", help=f"first {QUICK_TRAIN_SENTENCES} training sentences")
     parser.add_argument("--train-sentences", type=int, default=0, help="first N training sentences (0: all)")
+    parser.add_argument("--eval-sentences", type=int, default=0,
+                        help="first N sentences of valid and test, for dev F1 and evaluation (0: all)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -397,9 +406,11 @@ def main(argv=None):
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--eval-splits", nargs="+", default=["valid", "test"], help="'none' to skip evaluation")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, nargs="+", default=[2])
-    parser.add_argument("--trainers", nargs="+", default=DEFAULT_TRAINERS, choices=list(TRAINERS))
-    parser.add_argument("--model", default=None, help="model directory (default: the offline MiniLM-L6)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                        help="torch threads per run (default: torch's, %(default)s here)")
+    parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS),
+                        help="default: hf-random hf-group nerpipe, and hf-group-bf16 where the CPU has native bf16 "
+                             f"({' '.join(default_trainers('cpu'))} here)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cuda: both trainers on the GPU with bf16 autocast, TF32, fused AdamW and rows padded "
                              "to a multiple of 8 (pass --no-matmul: the matmul reference is a CPU one)")
@@ -409,48 +420,68 @@ def main(argv=None):
     parser.add_argument("--merge", type=Path, nargs="+", help="combine earlier result JSONs into --out; runs nothing")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def check_trainers(trainers, device):
+    """bf16 rows only where bf16 is native: emulated, a bf16 matmul runs at ~1 GFLOP/s and measures nothing."""
+    emulated = [t for t in trainers if device == "cpu" and trains_in_bf16(t, device) and not native_bf16()]
+    if emulated:
+        raise UserError(f"--trainers {' '.join(emulated)}: bf16 on this CPU would be emulated (no avx512_bf16 or "
+                        "AMX); leave those out")
+
+
+def measure_matmul(threads_list):
+    """The 2048^3 torch.mm reference per thread count: fp32, and bf16 only where the CPU has it natively."""
+    from bench import matmul
+
+    rows = []
+    for threads in threads_list:
+        rows += matmul.summary(sizes=(2048,), threads=threads, min_seconds=2.0)
+    for m in rows:
+        print(f"matmul {m['m']}^3 {m['dtype']} threads={m['threads']}: {m['gflops_median']} GFLOP/s "
+              f"(best {m['gflops_best']}, cpu util {m['cpu_utilisation']})", flush=True)
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.worker:
-        result = worker(json.loads(args.worker.read_text()))
+        with exit_on_user_error():
+            result = worker(json.loads(args.worker.read_text()))
         args.worker_out.write_text(json.dumps(result))
         return result
-
     if args.merge:
         return merge(args.merge, args.out)
 
     import transformers
 
-    from bench import flops, matmul
+    from bench import flops
 
     transformers.logging.set_verbosity_error()
+    trainers = args.trainers or default_trainers(args.device)
+    with exit_on_user_error():
+        check_trainers(trainers, args.device)
+        data_dir, model_dir = str(inputs.data_dir(args.data)), inputs.model_dir(args.model)
     train_sentences = args.train_sentences or (QUICK_TRAIN_SENTENCES if args.quick else 0)
-    model_dir = args.model or offline_model()
     eval_splits = [] if args.eval_splits == ["none"] else args.eval_splits
     report = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()}}
+    print(f"data {data_dir}, model {model_dir}, trainers {' '.join(trainers)}", flush=True)
 
-    model = flops.load_model(model_dir)
-    report["flops"] = flops.train_flops_per_token(model, seq_len=40)
-    flops_per_token = report["flops"]["flops_per_token"]
-    del model
-    print(f"model train FLOPs per sub-token (seq 40): {flops_per_token / 1e6:.2f} M", flush=True)
-
+    report["flops"] = flops.train_flops_per_token(flops.load_model(model_dir), seq_len=40)
+    print(f"model train FLOPs per sub-token (seq 40): {report['flops']['flops_per_token'] / 1e6:.2f} M", flush=True)
     if not args.no_matmul:
-        report["matmul"] = []
-        for threads in args.threads:
-            report["matmul"] += matmul.summary(sizes=(2048,), threads=threads, min_seconds=2.0)
-        for m in report["matmul"]:
-            print(f"matmul {m['m']}^3 {m['dtype']} threads={m['threads']}: {m['gflops_median']} GFLOP/s "
-                  f"(best {m['gflops_best']}, cpu util {m['cpu_utilisation']})", flush=True)
+        report["matmul"] = measure_matmul(args.threads)
 
     runs = []
     for repeat in range(args.repeats):
         for threads in args.threads:
             # every other repeat in reverse order, so that a slow drift of the machine's speed does not
             # favour whoever runs first
-            for trainer in (args.trainers if repeat % 2 == 0 else args.trainers[::-1]):
-                spec = {"trainer": trainer, "threads": threads, "repeat": repeat, "model": model_dir,
-                        "train_sentences": train_sentences, "epochs": args.epochs, "batch_size": args.batch_size,
+            for trainer in (trainers if repeat % 2 == 0 else trainers[::-1]):
+                spec = {"trainer": trainer, "threads": threads, "repeat": repeat, "data": data_dir,
+                        "model": model_dir, "train_sentences": train_sentences,
+                        "eval_sentences": args.eval_sentences, "epochs": args.epochs, "batch_size": args.batch_size,
                         "lr": args.lr, "seed": args.seed, "warmup_ratio": args.warmup_ratio,
                         "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
                         "eval_batch_size": args.eval_batch_size, "eval_splits": eval_splits,
@@ -462,7 +493,7 @@ def main(argv=None):
                     print(f"  ERROR: {result['error']}", flush=True)
                 else:
                     print(f"  {result['train_seconds']} s, {result['train_sentences_per_second']} sent/s, "
-                          f"{result['train_subtokens_per_second']} subtok/s, F1 {result.get('f1')}", flush=True)
+                          f"{result['train_subtokens_per_second']} subtok/s, F1 {result['f1']}", flush=True)
     report["runs"] = runs
     report["environment"]["loadavg_end"] = os.getloadavg()
     write_report(report, args.out)

@@ -5,12 +5,13 @@
     PYTHONPATH=. .venv/bin/python -m bench.step_probes compile --prepared data/prepared --model "$MODEL"
     PYTHONPATH=. .venv/bin/python -m bench.step_probes order --prepared data/prepared --model "$MODEL"
 
-profile  splits a bf16 step into forward+backward / clipping / AdamW / zero_grad, then prints the
+profile  splits a step into forward+backward / clipping / AdamW / zero_grad, then prints the
          torch.profiler table of the top ops by self CPU time.
 compile  torch.compile(model, dynamic=True): time of the first steps (compilation) and of steady steps.
 order    the same batches in nerpipe's shuffled order vs sorted by length, alternating blocks: does
          shape locality (allocator reuse, oneDNN primitive cache) matter?
-Each uses the epoch-0 batches of `length_grouped_batches` (batch size 32, seed 42), lr 5e-5.
+Each uses the epoch-0 batches of `length_grouped_batches` (batch size 32, seed 42), lr 5e-5, and bf16
+autocast where the CPU has native bf16, as nerpipe's `train.bf16: auto` does (--fp32: never).
 """
 
 import argparse
@@ -22,6 +23,7 @@ import torch
 
 from nerpipe.data.batching import length_grouped_batches
 from nerpipe.data.prepared import PreparedSplit, read_labels
+from nerpipe.model.device import use_bf16
 from nerpipe.model.loading import load_for_training, load_tokenizer
 from nerpipe.train.loop import build_optimizer, train_step
 
@@ -33,7 +35,7 @@ class Setup:
         self.train = PreparedSplit(prepared, "train").examples
         self.lengths = self.train.input_ids.lengths()
         self.model = load_for_training(model_dir, read_labels(prepared), 0.1, 42).train()
-        self.optimizer = build_optimizer(self.model, 5e-5, 0.0, CPU)
+        self.optimizer = build_optimizer(self.model, 5e-5, 0.0)
         self.pad_id = load_tokenizer(model_dir).pad_token_id
         self.batches = length_grouped_batches(self.lengths, 32, 42, 0)
         self.bf16 = bf16
@@ -41,7 +43,8 @@ class Setup:
     def step(self, batch, model=None):
         """One optimizer step; seconds of (forward+backward, clip, AdamW, zero_grad)."""
         t0 = time.perf_counter()
-        train_step(self.model if model is None else model, [batch], self.train, self.lengths, self.pad_id, CPU, self.bf16)
+        train_step(self.model if model is None else model, [batch], self.train, self.lengths, self.pad_id, CPU,
+                   self.bf16)
         t1 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         t2 = time.perf_counter()
@@ -92,9 +95,9 @@ def main(argv=None):
     parser.add_argument("probe", choices=["profile", "compile", "order"])
     parser.add_argument("--prepared", type=Path, required=True, help="a data/prepared directory")
     parser.add_argument("--model", required=True, help="the model directory the data was prepared for")
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (default: nerpipe's `auto`)")
     args = parser.parse_args(argv)
-    setup = Setup(args.prepared, args.model, bf16=not args.fp32)
+    setup = Setup(args.prepared, args.model, bf16=use_bf16("off" if args.fp32 else "auto", CPU))
     {"profile": profile, "compile": compiled, "order": order}[args.probe](setup)
 
 

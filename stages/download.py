@@ -1,29 +1,35 @@
-"""Stage `download`: fetch the CoNLL-2003 English splits and verify them against data.sha256.
+"""Stage `download`: fetch the corpus's train/valid/test files and verify them against data.sha256.
 
     python stages/download.py --out data/raw
 
-data.source is the original files' URL (default) or a local directory; either way a file whose
-sha256 differs from params.yaml is refused and any earlier good copy is kept.
+data.source is a URL (default: the original CoNLL-2003 English files) or a local directory; the file
+names come from data.remote_files and data.local_files. Every split must be there and match its
+sha256 before anything is written: on any failure an earlier good download is kept as it was. For a
+local directory a sha256 of "" is not checked; the one found is recorded in <out>/sources.json, which
+prepare copies into its stats.json and training into the MLflow run's tags.
 """
 
 import argparse
 from pathlib import Path
 
 from nerpipe.core.errors import exit_on_user_error
-from nerpipe.core.params import SPLITS, load_params
-from nerpipe.data.fetch import fetch_split
+from nerpipe.core.params import load_params
+from nerpipe.data.fetch import fetch_corpus
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="directory for train.txt, valid.txt, test.txt")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="directory for train.txt, valid.txt, test.txt and sources.json")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     with exit_on_user_error():
         data = load_params(args.params).data
-        for split in SPLITS:
-            origin = fetch_split(data.source, split, args.out / f"{split}.txt", data.sha256[split])
-            print(f"{split}: {origin} -> {args.out / f'{split}.txt'} (sha256 verified)")
+        sources = fetch_corpus(data, args.out)
+    for split, source in sources.items():
+        check = ("sha256 verified" if data.sha256[split]
+                 else f"sha256 {source['sha256']} recorded, not checked: data.sha256.{split} is empty")
+        print(f"{split}: {source['file']} -> {args.out / f'{split}.txt'} ({check})")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Stage `prepare`: parse CoNLL, convert IOB1 to IOB2, tokenize and align labels, window long sentences.
+"""Stage `prepare`: parse CoNLL, convert IOB1/BIOES to IOB2, tokenize and align labels, window long sentences.
 
     python stages/prepare.py --raw data/raw --out data/prepared
 
-Writes unpadded Arrow datasets per split, labels.json (written once, read by every later stage)
-and stats.json. See nerpipe/data/prepared.py for the layout.
+Writes unpadded Arrow datasets per split, labels.json (the entity types found in the data, written
+once, read by every later stage) and stats.json (with download's sources.json: where each split came
+from and its sha256). See nerpipe/data/prepared.py for the layout.
 """
 
 import argparse
@@ -11,13 +12,15 @@ from pathlib import Path
 
 from nerpipe.core.errors import exit_on_user_error
 from nerpipe.core.params import SPLITS, load_params
+from nerpipe.data.fetch import read_sources
 from nerpipe.data.prepare import prepare_corpus
 from nerpipe.model.loading import check_max_length, load_tokenizer
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", type=Path, required=True, help="directory with train.txt, valid.txt, test.txt")
+    parser.add_argument("--raw", type=Path, required=True, help="download's output: train.txt, valid.txt, test.txt, "
+                        "sources.json")
     parser.add_argument("--out", type=Path, required=True, help="directory for the prepared datasets")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
@@ -26,7 +29,7 @@ def main():
         tokenizer = load_tokenizer(params.model.name)
         check_max_length(params.prepare.max_length, params.model.name, tokenizer)
         stats = prepare_corpus({split: args.raw / f"{split}.txt" for split in SPLITS}, tokenizer, params.prepare,
-                               args.out)
+                               args.out, sources=read_sources(args.raw))
         for split, s in stats.items():
             print(f"{split}: {s['sentences']} sentences, {s['words']} words, {s['windows']} windows "
                   f"({s['sentences_windowed']} sentences windowed), {s['subtokens_per_word']} sub-tokens/word")

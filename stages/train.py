@@ -57,7 +57,7 @@ def main():
         trainable, total = count_parameters(model)
         steps_per_epoch, total_steps = plan_steps(len(train.examples), params.train)
         print(f"device {device}, {trainable:,} of {total:,} parameters train, {total_steps} optimizer steps")
-        with tracking.training_run(experiment_id, params, checkpoints, device) as run:
+        with tracking.training_run(experiment_id, params, checkpoints, device, args.data) as run:
             devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, params.train.batch_size)
             state = fit(model.to(device), train.examples, RunContext(
                 params.train, params.lr, tokenizer.pad_token_id, device, bf16, checkpoints,

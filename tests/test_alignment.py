@@ -2,7 +2,6 @@
 
 import random
 
-
 from nerpipe.data.alignment import IGNORE, build_examples, plan_windows, word_subtokens
 from nerpipe.data.conll import iob1_to_iob2, read_conll
 from tests.conftest import CONLL_LABELS

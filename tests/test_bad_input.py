@@ -10,6 +10,7 @@ many cases (seconds), and as real subprocesses for one case of each kind (exit c
 
 import json
 import os
+import re
 import runpy
 import shutil
 import subprocess
@@ -46,10 +47,14 @@ def params(tmp_path, fixture_dir, fixture_sha256, tiny_model_dir):
 
 
 @pytest.fixture
-def raw(tmp_path, fixture_dir):
-    """A copy of the fixtures as the download stage leaves them (data/raw)."""
+def raw(tmp_path, fixture_dir, fixture_sha256):
+    """A copy of the fixtures as the download stage leaves them (data/raw), sources.json included."""
     directory = tmp_path / "raw"
-    shutil.copytree(fixture_dir, directory)
+    directory.mkdir()
+    for split in SPLITS:
+        shutil.copyfile(fixture_dir / f"{split}.txt", directory / f"{split}.txt")
+    (directory / "sources.json").write_text(json.dumps(
+        {split: {"file": str(fixture_dir / f"{split}.txt"), "sha256": fixture_sha256[split]} for split in SPLITS}))
     return directory
 
 
@@ -88,18 +93,20 @@ def assert_untouched(out):
 # --- bad CoNLL files -------------------------------------------------------------------------------
 
 LINE = "Peter NNP B-NP I-PER\n"
-TAGS_EXPECTED = " in the last column; expected O or B-/I- followed by one of PER, LOC, ORG, MISC"
+TAGS_EXPECTED = (" in the last column; expected O, or B-, I-, E- or S- (IOB1, IOB2 or BIOES) and an entity type of "
+                 "letters, digits, hyphens or underscores (B-PER, I-creative-work)")
 BAD_FILES = {
     "too few columns": ("valid.txt", LINE + "visited VBD I-VP\n", 2,
                         "found 3 column(s) in 'visited VBD I-VP'; expected 4 like the file's first token line "
                         "(word ... NER-tag)"),
-    "unknown type": ("test.txt", LINE + "Foo NNP I-NP B-FOO\n", 2, "unknown NER tag 'B-FOO'" + TAGS_EXPECTED),
+    "bad type": ("test.txt", LINE + "Foo NNP I-NP B-FOO.\n", 2, "unknown NER tag 'B-FOO.'" + TAGS_EXPECTED),
     "unknown prefix": ("train.txt", "\n\n" + LINE + "Foo NNP I-NP X-PER\n", 4,
                        "unknown NER tag 'X-PER'" + TAGS_EXPECTED),
     "prefix alone": ("train.txt", LINE + "Foo NNP I-NP I-\n", 2, "unknown NER tag 'I-'" + TAGS_EXPECTED),
     "not utf-8": ("valid.txt", LINE.encode() + "Caf\u00e9 NNP I-NP I-LOC\n".encode("latin-1"), 2,
                   "byte 0xe9 at column 4 is not valid UTF-8; re-encode the file as UTF-8"),
-    "empty split": ("test.txt", "", None, "no sentences found; expected CoNLL lines 'word POS chunk NER-tag'"),
+    "empty split": ("test.txt", "", None, "no sentences found; expected CoNLL lines 'word ... NER-tag' (the word "
+                    "first, the tag last)"),
     "no entities": ("valid.txt", "The DT B-NP O\ncat NN I-NP O\n", None,
                     "1 sentences but not one entity tag; is this the right file?"),
     "missing file": ("test.txt", None, None, "file not found"),
@@ -107,8 +114,8 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", BAD_FILES)
-def test_bad_conll_names_file_and_line_and_keeps_the_earlier_output(case, raw, params, tmp_path, capsys,
-                                                                    monkeypatch):
+def test_bad_conll_names_file_and_line_and_keeps_the_earlier_output(case, raw, params, tmp_path, fixture_dir,
+                                                                    capsys, monkeypatch):
     name, content, line, expected = BAD_FILES[case]
     if content is None:
         (raw / name).unlink()
@@ -117,24 +124,42 @@ def test_bad_conll_names_file_and_line_and_keeps_the_earlier_output(case, raw, p
     out = earlier_output(tmp_path)
     code, _, err = run_stage("prepare.py", "--raw", raw, "--out", out, "--params", params(), capsys=capsys,
                              monkeypatch=monkeypatch)
-    where = f"{raw / name}:{line}" if line else f"{raw / name}"
+    # The copy in data/raw and, for a line of it, the user's file it was copied from: the one to edit.
+    at = f":{line}" if line else ""
+    where = f"{raw / name}" if content is None else f"{raw / name}{at} (copied from {fixture_dir / name}{at})"
     assert (code, err) == (2, f"error: {where}: {expected}\n")
     assert_untouched(out)
 
 
-def test_bad_conll_as_a_process_exits_2_without_traceback(raw, params, tmp_path):
+def test_bad_conll_as_a_process_exits_2_without_traceback(raw, params, tmp_path, fixture_dir):
     (raw / "valid.txt").write_text(LINE + "visited VBD I-VP\n")
     out = earlier_output(tmp_path)
     code, _, err = run_stage_process("prepare.py", "--raw", raw, "--out", out, "--params", params(), cwd=tmp_path)
     assert code == 2 and "Traceback" not in err
-    assert err == (f"error: {raw / 'valid.txt'}:2: found 3 column(s) in 'visited VBD I-VP'; expected 4 like the "
-                   "file's first token line (word ... NER-tag)\n")
+    assert err == (f"error: {raw / 'valid.txt'}:2 (copied from {fixture_dir / 'valid.txt'}:2): found 3 column(s) in "
+                   "'visited VBD I-VP'; expected 4 like the file's first token line (word ... NER-tag)\n")
     assert_untouched(out)
 
 
+def test_prepare_without_sources_json_says_to_run_download(raw, params, tmp_path, capsys, monkeypatch):
+    (raw / "sources.json").unlink()
+    out = earlier_output(tmp_path)
+    code, _, err = run_stage("prepare.py", "--raw", raw, "--out", out, "--params", params(), capsys=capsys,
+                             monkeypatch=monkeypatch)
+    assert (code, err) == (2, f"error: {raw / 'sources.json'}: file not found; it is written by the download stage "
+                              "with the split copies, so run `dvc repro download`\n")
+    assert_untouched(out)
+
+
+def copy_of_fixtures(fixture_dir, directory):
+    directory.mkdir()
+    for split in SPLITS:
+        shutil.copyfile(fixture_dir / f"{split}.txt", directory / f"{split}.txt")
+    return directory
+
+
 def test_checksum_mismatch_keeps_the_earlier_download(raw, params, fixture_dir, tmp_path):
-    source = tmp_path / "source"
-    shutil.copytree(fixture_dir, source)
+    source = copy_of_fixtures(fixture_dir, tmp_path / "source")
     (source / "valid.txt").write_text((fixture_dir / "valid.txt").read_text() + "Berlin NNP I-NP I-LOC\n")
     before = {p.name: p.read_bytes() for p in raw.iterdir()}
     code, out, err = run_stage_process("download.py", "--out", raw, "--params", params(f"data.source={source}"),
@@ -142,8 +167,50 @@ def test_checksum_mismatch_keeps_the_earlier_download(raw, params, fixture_dir, 
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"error: {source / 'valid.txt'}: sha256 mismatch for split 'valid'\n  expected ")
     assert "(data.sha256.valid in params.yaml)" in err
-    assert out.startswith("train: ") and "valid" not in out  # train verified and written; valid refused
-    assert {p.name: p.read_bytes() for p in raw.iterdir()} == before  # nothing half-written, no temporaries
+    assert err.endswith(f"Nothing was written to {raw}. If you really mean to use other data, update data.sha256 "
+                        "(\"\" skips the check for a local directory).\n")
+    assert out == ""  # train and test matched, but nothing is written until every split does
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == before  # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "raw", "source"]  # no temporaries
+
+
+def test_a_missing_split_writes_nothing(params, fixture_dir, tmp_path, capsys, monkeypatch):
+    source = copy_of_fixtures(fixture_dir, tmp_path / "source")
+    (source / "valid.txt").unlink()
+    out = tmp_path / "data" / "raw"
+    code, stdout, err = run_stage("download.py", "--out", out, "--params", params(f"data.source={source}"),
+                                  capsys=capsys, monkeypatch=monkeypatch)
+    assert (code, stdout) == (2, "")
+    assert err == (f"error: data.source {source}: 1 split(s) missing, nothing was copied:\n"
+                   "  valid: no eng.testa or valid.txt (data.remote_files.valid, data.local_files.valid)\n"
+                   "Point data.source at the directory holding the corpus, or set data.local_files to its file names\n")
+    assert not (tmp_path / "data").exists()  # no train.txt left behind, not even the directory
+
+
+def test_empty_sha256_for_a_local_directory_is_recorded_not_checked(params, fixture_dir, fixture_sha256, tmp_path,
+                                                                    capsys, monkeypatch):
+    out = tmp_path / "raw"
+    code, stdout, err = run_stage("download.py", "--out", out, "--params", params("data.sha256.valid="),
+                                  capsys=capsys, monkeypatch=monkeypatch)
+    assert (code, err) == (0, "")
+    assert stdout.splitlines() == [
+        f"train: {fixture_dir / 'train.txt'} -> {out / 'train.txt'} (sha256 verified)",
+        f"valid: {fixture_dir / 'valid.txt'} -> {out / 'valid.txt'} (sha256 {fixture_sha256['valid']} recorded, "
+        "not checked: data.sha256.valid is empty)",
+        f"test: {fixture_dir / 'test.txt'} -> {out / 'test.txt'} (sha256 verified)"]
+    assert json.loads((out / "sources.json").read_text())["valid"] == {
+        "file": str(fixture_dir / "valid.txt"), "sha256": fixture_sha256["valid"]}
+
+
+def test_empty_sha256_for_a_url_is_refused(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "params.yaml"
+    text = (PROJECT / "params.yaml").read_text()
+    path.write_text(re.sub(r"(\n    test:) [0-9a-f]{64}\n", r'\1 ""\n', text))
+    code, out, err = run_stage("check_params.py", path, capsys=capsys, monkeypatch=monkeypatch)
+    assert (code, out) == (2, "")
+    assert err == (f"error: {path} has 1 problem(s):\n  - data.sha256.test: empty, but data.source is a URL; a "
+                   "download is always checked, so set the file's sha256 (\"\" is allowed only for a local "
+                   "directory)\n")
 
 
 # --- bad params ------------------------------------------------------------------------------------
@@ -256,27 +323,40 @@ def prepare(raw, out, params, capsys, monkeypatch):
     return {split: PreparedSplit(out, split) for split in SPLITS}
 
 
-def to_iob2(text):
-    """The same file with every entity starting with B- (the tag is the last column)."""
+def iob2_to_bioes(tags):
+    """S- for a one-word entity, E- for the last word of a longer one."""
+    out = []
+    for i, tag in enumerate(tags):
+        last = i + 1 == len(tags) or tags[i + 1] != "I-" + tag[2:]
+        out.append(tag if tag == "O" or not last else ("S-" if tag[0] == "B" else "E-") + tag[2:])
+    return out
+
+
+def to_iob2(text, convert=iob1_to_iob2):
+    """The same file with every entity starting with B- (the tag is the last column), or other `convert`."""
     blocks = [block.splitlines() for block in text.split("\n\n")]
     out = []
     for lines in blocks:
-        tags = iob1_to_iob2([line.split()[-1] if not line.startswith("-DOCSTART-") else "O" for line in lines])
+        tags = convert([line.split()[-1] if line and not line.startswith("-DOCSTART-") else "O" for line in lines])
         out.append("\n".join(line.rsplit(" ", 1)[0] + " " + tag if line and not line.startswith("-DOCSTART-")
                              else line for line, tag in zip(lines, tags)))
     return "\n\n".join(out)
 
 
-def test_crlf_tabs_bom_blank_lines_and_iob2_prepare_exactly_like_the_original(raw, params, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_crlf_tabs_bom_blank_lines_iob2_and_bioes_prepare_exactly_like_the_original(raw, params, tmp_path, capsys,
+                                                                                   monkeypatch):
     original = prepare(raw, tmp_path / "original", params(), capsys, monkeypatch)
     odd = tmp_path / "odd"
     odd.mkdir()
+    shutil.copyfile(raw / "sources.json", odd / "sources.json")
     for split in SPLITS:
         text = (raw / f"{split}.txt").read_text()
         if split == "train":
             text = to_iob2(text)
             assert text != (raw / "train.txt").read_text()
+        if split == "valid":
+            text = to_iob2(text, lambda tags: iob2_to_bioes(iob1_to_iob2(tags)))
+            assert "S-LOC" in text and "E-PER" in text
         text = text.replace(" ", "\t").replace("\n\n", "\n\n\n\n")
         (odd / f"{split}.txt").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
     again = prepare(odd, tmp_path / "prepared", params(), capsys, monkeypatch)

@@ -5,7 +5,15 @@ from collections import Counter
 import pytest
 
 from nerpipe.core.errors import UserError
-from nerpipe.data.conll import Sentence, format_predictions, iob1_to_iob2, label_list, read_conll, read_predictions
+from nerpipe.data.conll import (
+    Sentence,
+    format_predictions,
+    iob1_to_iob2,
+    label_list,
+    read_conll,
+    read_predictions,
+    to_iob2,
+)
 
 TRAIN_FIRST_LINES = [3, 11, 23, 34, 44, 84, 93, 99, 111, 119]
 
@@ -64,16 +72,40 @@ def test_two_column_file_is_accepted(tmp_path):
         (["Berlin", "is"], ["I-LOC", "O"], 1), (["Paris"], ["I-LOC"], 4)]
 
 
+def test_any_entity_types_tab_separated_without_document_markers(fixture_dir):
+    sentences = read_conll(fixture_dir / "wnut_like" / "test.tsv")
+    assert len(sentences) == 6 and {s.doc_id for s in sentences} == {0}
+    assert (sentences[2].words[:3], sentences[2].tags) == (
+        ["New", "York", "Rovers"], ["B-group", "I-group", "I-group", "O", "O", "O", "B-creative-work",
+                                    "I-creative-work"])
+    assert label_list(s.tags for s in sentences) == [
+        "O", "B-corporation", "I-corporation", "B-creative-work", "I-creative-work", "B-group", "I-group",
+        "B-location", "I-location", "B-person", "I-person", "B-product", "I-product"]
+
+
+@pytest.mark.parametrize("tag", ["B-PER", "I-creative-work", "S-WORK_OF_ART", "E-Product2", "B-x", "I-9"])
+def test_entity_type_names(tmp_path, tag):
+    path = tmp_path / "types.txt"
+    path.write_text(f"word\t{tag}\n")
+    assert read_conll(path)[0].tags == [tag]
+
+
 GOOD = "-DOCSTART- -X- -X- O\n\nPeter NNP B-NP I-PER\n"
+TAG_EXPECTED = ("in the last column; expected O, or B-, I-, E- or S- (IOB1, IOB2 or BIOES) and an entity type of "
+                "letters, digits, hyphens or underscores (B-PER, I-creative-work)")
 
 
 @pytest.mark.parametrize("text, line, fragment", [
     (GOOD + "visited VBD I-VP\n", 4, "found 3 column(s) in 'visited VBD I-VP'; expected 4"),
     ("Peter\n", 1, "found 1 column(s) in 'Peter'; expected 2"),
-    (GOOD + "Foo NNP I-NP B-FOO\n", 4, "unknown NER tag 'B-FOO'"),
-    (GOOD + "\nFoo NNP I-NP X-PER\n", 5, "unknown NER tag 'X-PER'"),
+    (GOOD + "Foo NNP I-NP B-FOO,\n", 4, "unknown NER tag 'B-FOO,' " + TAG_EXPECTED),
+    (GOOD + "\nFoo NNP I-NP X-PER\n", 5, "unknown NER tag 'X-PER' " + TAG_EXPECTED),
     (GOOD + "Foo NNP I-NP I-\n", 4, "unknown NER tag 'I-'"),
     (GOOD + "Foo NNP I-NP i-per\n", 4, "unknown NER tag 'i-per'"),
+    (GOOD + "Foo NNP I-NP B-creative--work\n", 4, "unknown NER tag 'B-creative--work'"),
+    (GOOD + "Foo NNP I-NP B-PER-\n", 4, "unknown NER tag 'B-PER-'"),
+    (GOOD + "Foo NNP I-NP U-PER\n", 4, "unknown NER tag 'U-PER'"),  # BILOU is not read
+    (GOOD + "Foo NNP I-NP o\n", 4, "unknown NER tag 'o'"),
 ])
 def test_bad_line_names_file_and_line(tmp_path, text, line, fragment):
     path = tmp_path / "bad.txt"
@@ -82,6 +114,20 @@ def test_bad_line_names_file_and_line(tmp_path, text, line, fragment):
         read_conll(path)
     assert str(err.value).startswith(f"{path}:{line}: ")
     assert fragment in str(err.value)
+
+
+def test_bad_line_names_the_original_the_copy_came_from(tmp_path):
+    path = tmp_path / "valid.txt"
+    path.write_text(GOOD + "visited VBD I-VP\n")
+    with pytest.raises(UserError) as err:
+        read_conll(path, origin="/path/to/conll2003/eng.testa")
+    assert str(err.value) == (f"{path}:4 (copied from /path/to/conll2003/eng.testa:4): found 3 column(s) in "
+                              "'visited VBD I-VP'; expected 4 like the file's first token line (word ... NER-tag)")
+    path.write_text("The DT B-NP O\n")
+    with pytest.raises(UserError) as err:
+        read_conll(path, origin="/path/to/conll2003/eng.testa")
+    assert str(err.value) == (f"{path} (copied from /path/to/conll2003/eng.testa): 1 sentences but not one entity "
+                              "tag; is this the right file?")
 
 
 def test_non_utf8_byte_names_file_line_and_byte(tmp_path):
@@ -124,6 +170,39 @@ def test_missing_file(tmp_path):
 def test_iob1_to_iob2(iob1, iob2):
     assert iob1_to_iob2(iob1) == iob2
     assert iob1_to_iob2(iob2) == iob2  # idempotent
+    assert to_iob2(iob1) == to_iob2(iob2) == iob2  # what prepare calls, whichever of the two a file is in
+
+
+@pytest.mark.parametrize("bioes, iob2", [
+    (["S-PER", "O", "B-LOC", "E-LOC"], ["B-PER", "O", "B-LOC", "I-LOC"]),
+    (["B-ORG", "I-ORG", "E-ORG", "S-ORG"], ["B-ORG", "I-ORG", "I-ORG", "B-ORG"]),  # two adjacent ORG entities
+    (["S-person", "S-person", "B-creative-work", "E-creative-work"],
+     ["B-person", "B-person", "B-creative-work", "I-creative-work"]),
+    (["B-LOC", "E-LOC", "B-LOC", "E-LOC"], ["B-LOC", "I-LOC", "B-LOC", "I-LOC"]),
+    (["O", "O"], ["O", "O"]),
+])
+def test_bioes_to_iob2(bioes, iob2):
+    assert to_iob2(bioes) == iob2
+    assert to_iob2(iob2) == iob2
+
+
+def test_bioes_file_prepares_like_its_iob1_original(fixture_dir, tmp_path):
+    """The train fixture rewritten in BIOES converts to exactly the IOB2 of its IOB1 original."""
+    sentences = read_conll(fixture_dir / "train.txt")
+    lines = []
+    for s in sentences:
+        tags = iob1_to_iob2(s.tags)
+        for i, (word, tag) in enumerate(zip(s.words, tags)):
+            last = i + 1 == len(tags) or tags[i + 1] != "I-" + tag[2:]
+            if tag != "O":
+                tag = {("B", True): "S", ("B", False): "B", ("I", True): "E", ("I", False): "I"}[tag[0], last] + tag[1:]
+            lines.append(f"{word}\t{tag}")
+        lines.append("")
+    path = tmp_path / "train.bioes"
+    path.write_text("\n".join(lines))
+    bioes = read_conll(path)
+    assert bioes[0].tags == ["B-PER", "E-PER", "O", "S-LOC", "O", "O", "O"]
+    assert [to_iob2(s.tags) for s in bioes] == [iob1_to_iob2(s.tags) for s in sentences]
 
 
 def test_entity_counts_of_train_fixture(fixture_dir):

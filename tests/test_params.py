@@ -45,6 +45,19 @@ def test_defaults_and_values_read(tmp_path):
     assert params.train.trainable_layers() == 2
     assert params.prepare.label_all_tokens is True and params.prepare.max_length == 128
     assert params.data.source == "/data/conll" and params.data.sha256 == SHA
+    # The CoNLL-2003 file names are the defaults, not constants: another corpus sets its own.
+    assert params.data.remote_files == {"train": "eng.train", "valid": "eng.testa", "test": "eng.testb"}
+    assert params.data.local_files == {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}
+
+
+def test_other_corpus_file_names_and_unchecked_local_files(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  source: /data/wnut\n  local_files: {train: train.tsv, valid: dev.tsv, test: test.tsv}\n"
+                    "  sha256: {train: '', valid: '', test: '%s'}\n" % SHA["test"])
+    data = load_params(path).data
+    assert data.local_files == {"train": "train.tsv", "valid": "dev.tsv", "test": "test.tsv"}
+    assert data.sha256 == {"train": "", "valid": "", "test": SHA["test"]}
+    assert data.remote_files["valid"] == "eng.testa" and not data.is_remote()
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -88,11 +101,42 @@ def test_wrong_type(raw, message):
     (valid_raw(prepare={"max_length": 4}), "prepare.max_length: 4 is out of range 8..8192"),
     (valid_raw(prepare={"max_length": 16, "window_overlap": 9}),
      "prepare.window_overlap: 9 must be in 0..max_length/2 (8)"),
-    ({"data": {"sha256": {"train": "a" * 64}}}, "data.sha256: missing valid, test"),
-    ({"data": {"sha256": {**SHA, "train": "abc"}}}, "data.sha256.train: expected a 64-character lower-case hex sha256"),
+    ({"data": {"sha256": {"train": "a" * 64}}}, "data.sha256: missing valid, test (need one per split: train, "
+                                                "valid, test)"),
+    ({"data": {"sha256": {**SHA, "train": "abc"}}},
+     "data.sha256.train: expected a 64-character lower-case hex sha256 string, or \"\" to skip the check for a "
+     "local directory; got 'abc'"),
+    ({"data": {"sha256": {**SHA, "dev": "d" * 64}}}, "data.sha256: unknown split(s) dev; expected train, valid, test"),
+    ({"data": {"sha256": {**SHA, "valid": ""}}},
+     "data.sha256.valid: empty, but data.source is a URL; a download is always checked, so set the file's sha256"),
+    ({"data": {"sha256": SHA, "local_files": {"train": "a.txt", "valid": "b.txt"}}},
+     "data.local_files: missing test (need one per split: train, valid, test)"),
+    ({"data": {"sha256": SHA, "remote_files": {"train": "a", "valid": "b", "test": "c", "dev": "d"}}},
+     "data.remote_files: unknown split(s) dev; expected train, valid, test"),
+    ({"data": {"sha256": SHA, "local_files": {"train": "a.txt", "valid": "/abs/b.txt", "test": ""}}},
+     "data.local_files.valid: expected a file name relative to data.source, got '/abs/b.txt'"),
+    ({"data": {"sha256": SHA, "local_files": {"train": "a.txt", "valid": "b.txt", "test": "a.txt"}}},
+     "data.local_files: train and test name the same file 'a.txt'; each split needs a file of its own"),
 ])
 def test_impossible_values(raw, message):
     assert message in problems_of(raw)
+
+
+def test_empty_sha256_is_allowed_for_a_local_directory_only():
+    local = parse_params({"data": {"source": "/data/conll", "sha256": {"train": "", "valid": "", "test": ""}}})
+    assert local.data.sha256 == {"train": "", "valid": "", "test": ""}
+    text = problems_of({"data": {"source": "https://example.org/conll", "sha256": {"train": "", "valid": "",
+                                                                                    "test": SHA["test"]}}})
+    assert "has 2 problem(s)" in text
+    assert "data.sha256.train: empty, but data.source is a URL" in text and "data.sha256.valid: empty" in text
+
+
+def test_every_data_problem_in_one_message():
+    text = problems_of({"data": {"sha256": {"train": "x", "valid": "", "dev": "d" * 64},
+                                 "local_files": {"train": "t", "valid": "t", "test": "../t"}}})
+    assert [line.split(":")[0] for line in text.splitlines()[1:]] == [
+        "  - data.sha256", "  - data.sha256", "  - data.local_files.test", "  - data.local_files",
+        "  - data.sha256.train", "  - data.sha256.valid"]
 
 
 def test_every_problem_in_one_message():
@@ -130,7 +174,9 @@ def test_flatten():
     assert flat["model.name"] == "bert-base-cased"
     assert flat["data.sha256.valid"] == "b" * 64
     assert "data.sha256" not in flat and "train" not in flat
-    assert len(flat) == 1 + 4 + 1 + 4 + 14 + 1 + 2  # lr, data (source + 3 sha256), model, prepare, train, ...
+    assert flat["data.remote_files.valid"] == "eng.testa" and flat["data.local_files.test"] == "test.txt"
+    # lr, data (source + 3 remote_files + 3 local_files + 3 sha256), model, prepare, train, ...
+    assert len(flat) == 1 + 10 + 1 + 4 + 14 + 1 + 2
     assert all(not isinstance(v, dict) for v in flat.values())
 
 

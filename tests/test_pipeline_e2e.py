@@ -17,11 +17,13 @@ def repo(tmp_path_factory, fixture_dir, fixture_sha256, tiny_model_dir):
     return repo
 
 
-def test_outputs_hold_real_values(repo, fixture_dir):
+def test_outputs_hold_real_values(repo, fixture_dir, fixture_sha256):
     root = repo.root
     labels = json.loads((root / "data/prepared/labels.json").read_text())
     assert labels == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
     stats = json.loads((root / "data/prepared/stats.json").read_text())
+    assert stats["sources"] == {split: {"file": str(fixture_dir / f"{split}.txt"), "sha256": digest}
+                                for split, digest in fixture_sha256.items()}
     assert stats["splits"]["train"]["sentences"] == 10
     assert stats["splits"]["train"]["sentences_windowed"] >= 1  # the 37-word sentence at max_length 24
     metrics = json.loads((root / "reports/eval/metrics.json").read_text())

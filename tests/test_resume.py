@@ -45,7 +45,7 @@ def prepared(tmp_path_factory, fixture_dir, tiny_tokenizer):
     return out
 
 
-def train(model_dir, prepared, checkpoint_dir, cfg=CFG, settings="tiny", on_metrics=lambda metrics, step: None):
+def train(model_dir, prepared, checkpoint_dir, cfg=CFG, settings="tiny", log_metrics=lambda metrics, step: None):
     """fit() as the train stage calls it; returns (state, model, checkpoints)."""
     model = load_for_training(str(model_dir), CONLL_LABELS, cfg.dropout, cfg.seed)
     train_split, dev = PreparedSplit(prepared, "train"), PreparedSplit(prepared, "valid")
@@ -53,7 +53,7 @@ def train(model_dir, prepared, checkpoint_dir, cfg=CFG, settings="tiny", on_metr
     device = torch.device("cpu")
     devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, 8)
     state = fit(model, train_split.examples, RunContext(cfg, LR, 0, device, False, checkpoints,
-                                                        dev_scorer(devset, 0, device, False), on_metrics))
+                                                        dev_scorer(devset, 0, device, False), log_metrics))
     return state, model, checkpoints
 
 
@@ -87,12 +87,12 @@ def test_crash_and_ctrl_c_then_resume_end_exactly_like_the_uninterrupted_run(
         tiny_model_dir, prepared, tmp_path, uninterrupted, capsys):
     ref_state, ref_weights, ref_best, _ = uninterrupted
 
-    def crash_at_step_10(metrics, step):  # on_metrics runs at steps 6, 10, 12 and 18 here
+    def crash_at_step_10(metrics, step):  # log_metrics runs at steps 6, 10, 12 and 18 here
         if step == 10:
             raise Crash
 
     with pytest.raises(Crash):
-        train(tiny_model_dir, prepared, tmp_path, on_metrics=crash_at_step_10)
+        train(tiny_model_dir, prepared, tmp_path, log_metrics=crash_at_step_10)
     saved = torch.load(tmp_path / "last/state.pt", weights_only=True)["state"]
     assert (saved["step"], saved["epoch"], saved["step_in_epoch"]) == (8, 1, 2)  # mid-epoch
     assert saved["loss_steps"] == 2 and saved["loss_sum"] > 0  # steps 7-8, logged at step 10
@@ -107,7 +107,7 @@ def test_crash_and_ctrl_c_then_resume_end_exactly_like_the_uninterrupted_run(
 
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted, match="stopped at step 12"):
-        train(tiny_model_dir, prepared, tmp_path, on_metrics=ctrl_c_at_step_12)
+        train(tiny_model_dir, prepared, tmp_path, log_metrics=ctrl_c_at_step_12)
     assert "resuming from the checkpoint at step 8 (epoch 1)" in capsys.readouterr().out
     assert torch.load(tmp_path / "last/state.pt", weights_only=True)["state"]["step"] == 12
     assert signal.getsignal(signal.SIGINT) is handler  # put back
@@ -135,7 +135,7 @@ def checkpoint_in(directory, tiny_model_dir, prepared, settings):
         raise Crash
 
     with pytest.raises(Crash):
-        train(tiny_model_dir, prepared, directory, settings=settings, on_metrics=crash)
+        train(tiny_model_dir, prepared, directory, settings=settings, log_metrics=crash)
     assert torch.load(directory / "last/state.pt", weights_only=True)["state"]["step"] == 4
 
 

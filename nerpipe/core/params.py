@@ -22,23 +22,63 @@ SPLITS = ("train", "valid", "test")
 @dataclass
 class DataParams:
     source: str = "https://raw.githubusercontent.com/synalp/NER/master/corpus/CoNLL-2003"
-    """An http(s) URL holding eng.train/eng.testa/eng.testb, or a local directory holding those
-    files (or train.txt/valid.txt/test.txt)."""
+    """An http(s) URL or a local directory holding the three splits of a CoNLL-format corpus."""
+    remote_files: dict = field(default_factory=lambda: {"train": "eng.train", "valid": "eng.testa",
+                                                        "test": "eng.testb"})
+    """File name of each split (keys train, valid, test) at the source: appended to a URL, and the first
+    name looked for in a local directory. The defaults are the original CoNLL-2003 English names."""
+    local_files: dict = field(default_factory=lambda: {"train": "train.txt", "valid": "valid.txt",
+                                                       "test": "test.txt"})
+    """File name of each split looked for in a local directory when its remote_files name is not there."""
     sha256: dict = field(default_factory=dict)
-    """Expected sha256 of each split (keys train, valid, test); data that does not match is refused."""
+    """Expected sha256 of each split (keys train, valid, test); data that does not match is refused.
+    For a local directory a split's value may be "" (not checked); download records what it found."""
+
+    def is_remote(self):
+        return self.source.startswith(("http://", "https://"))
 
     def problems(self):
-        missing = [s for s in SPLITS if s not in self.sha256]
-        extra = [k for k in self.sha256 if k not in SPLITS]
-        bad = [k for k, v in self.sha256.items() if not (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v))]
         out = []
-        if missing:
-            out.append(f"data.sha256: missing {', '.join(missing)} (need one sha256 per split)")
-        if extra:
-            out.append(f"data.sha256: unknown split(s) {', '.join(extra)}; expected {', '.join(SPLITS)}")
-        if bad:
-            out.append(f"data.sha256.{bad[0]}: expected a 64-character lower-case hex sha256 string")
+        for key in ("remote_files", "local_files", "sha256"):
+            out += _split_keys_problems(f"data.{key}", getattr(self, key))
+        for key in ("remote_files", "local_files"):
+            out += _file_names_problems(f"data.{key}", getattr(self, key))
+        for split, digest in self.sha256.items():
+            if split not in SPLITS:
+                continue
+            if digest == "" and self.is_remote():
+                out.append(f"data.sha256.{split}: empty, but data.source is a URL; a download is always checked, "
+                           "so set the file's sha256 (\"\" is allowed only for a local directory)")
+            elif digest != "" and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+                out.append(f"data.sha256.{split}: expected a 64-character lower-case hex sha256 string, or \"\" "
+                           f"to skip the check for a local directory; got {digest!r}")
         return out
+
+
+def _split_keys_problems(key, mapping):
+    """One problem for missing and one for unknown split keys of a {split: value} mapping."""
+    out = []
+    missing = [s for s in SPLITS if s not in mapping]
+    extra = [str(k) for k in mapping if k not in SPLITS]
+    if missing:
+        out.append(f"{key}: missing {', '.join(missing)} (need one per split: {', '.join(SPLITS)})")
+    if extra:
+        out.append(f"{key}: unknown split(s) {', '.join(extra)}; expected {', '.join(SPLITS)}")
+    return out
+
+
+def _file_names_problems(key, names):
+    """Names that are not relative file names, and two splits naming one file (a split leaked into another)."""
+    out, splits_of = [], {}
+    for split in (s for s in SPLITS if s in names):
+        name = names[split]
+        if not (isinstance(name, str) and name.strip()) or name.startswith("/") or ".." in name.split("/"):
+            out.append(f"{key}.{split}: expected a file name relative to data.source, got {name!r}")
+        else:
+            splits_of.setdefault(name, []).append(split)
+    out += [f"{key}: {' and '.join(splits)} name the same file {name!r}; each split needs a file of its own"
+            for name, splits in splits_of.items() if len(splits) > 1]
+    return out
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Set keys in params.yaml, keeping its comments, and validate the result before writing it.
 
-    python -m nerpipe.core.set_params data.source=../shared/data/conll2003 model.name=/path/to/model
+    python -m nerpipe.core.set_params data.source=/path/to/conll2003 model.name=/path/to/model
 
 What `make repro DATA=... MODEL=...` calls. Unlike `dvc exp run -S`, it refuses keys that do not
 exist. Values are read as YAML 1.2 scalars (3e-5 is a float, true a bool).

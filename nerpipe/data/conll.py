@@ -1,9 +1,12 @@
-"""Read and write CoNLL-2003 files: validate every line, keep document ids, convert IOB1 to IOB2.
+"""Read and write CoNLL-format files: validate every line, keep document ids, convert tags to IOB2.
 
-Format (see the data README): one token per line, columns separated by whitespace, the NER tag in
-the last column; a blank line ends a sentence; `-DOCSTART-` lines start documents and are not
-sentences. CRLF line endings, tabs, extra blank lines, a UTF-8 byte-order mark and files already in
-IOB2 are accepted.
+Format (CoNLL-2003 and the many corpora written like it): one token per line, two or more columns
+separated by spaces or tabs, the word first and the NER tag last; a blank line ends a sentence;
+`-DOCSTART-` lines, where present, start documents and are not sentences. CRLF line endings, extra
+blank lines and a UTF-8 byte-order mark are accepted.
+
+Tags follow IOB1 (CoNLL-2003's own), IOB2 or BIOES (also called IOBES). The entity types are whatever
+the data holds (PER, creative-work, WORK_OF_ART): nothing here lists them.
 """
 
 import re
@@ -12,8 +15,10 @@ from pathlib import Path
 
 from nerpipe.core.errors import UserError
 
-ENTITY_TYPES = ("PER", "LOC", "ORG", "MISC")
-TAG_PATTERN = re.compile(r"^(O|[BI]-(?:%s))$" % "|".join(ENTITY_TYPES))
+# O, or a scheme prefix and an entity type: letters and digits, words joined by hyphens or underscores.
+TAG_PATTERN = re.compile(r"^(?:O|[BIES]-[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*)$")
+TAG_EXPECTED = ("expected O, or B-, I-, E- or S- (IOB1, IOB2 or BIOES) and an entity type of letters, digits, "
+                "hyphens or underscores (B-PER, I-creative-work)")
 
 
 @dataclass
@@ -25,17 +30,23 @@ class Sentence:
     """1-based line number of the sentence's first token in its file."""
 
 
-def _decode(raw, path, lineno):
+def _decode(raw, where, lineno):
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not "
+        raise UserError(f"{where(lineno)}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not "
                         "valid UTF-8; re-encode the file as UTF-8") from None
 
 
-def read_conll(path):
-    """Parse one CoNLL file into sentences; raise UserError naming file:line on the first bad line."""
+def read_conll(path, origin=None):
+    """Parse one CoNLL file into sentences, tags as written; raise UserError naming file:line on the
+    first bad line. `origin`: the file `path` was copied from, named too since that is the one to fix."""
     path = Path(path)
+
+    def where(lineno=None):
+        at = f":{lineno}" if lineno else ""
+        return f"{path}{at} (copied from {origin}{at})" if origin else f"{path}{at}"
+
     try:
         raw_lines = path.read_bytes().split(b"\n")
     except FileNotFoundError:
@@ -44,7 +55,7 @@ def read_conll(path):
         raw_lines.pop()  # the newline that ends the last line does not start another one
     sentences, current, doc_id, n_columns = [], Sentence(), -1, None
     for lineno, raw in enumerate(raw_lines, start=1):
-        line = _decode(raw, path, lineno).rstrip("\r\n")
+        line = _decode(raw, where, lineno).rstrip("\r\n")
         if lineno == 1:
             line = line.removeprefix("\ufeff")  # a UTF-8 BOM would otherwise turn -DOCSTART- into a word
         columns = line.split()
@@ -60,27 +71,27 @@ def read_conll(path):
         if n_columns is None:
             n_columns = len(columns)
         if len(columns) < 2 or len(columns) != n_columns:
-            raise UserError(f"{path}:{lineno}: found {len(columns)} column(s) in {line!r}; expected "
+            raise UserError(f"{where(lineno)}: found {len(columns)} column(s) in {line!r}; expected "
                             f"{max(n_columns, 2)} like the file's first token line (word ... NER-tag)")
         tag = columns[-1]
         if not TAG_PATTERN.match(tag):
-            raise UserError(f"{path}:{lineno}: unknown NER tag {tag!r} in the last column; expected O or "
-                            f"B-/I- followed by one of {', '.join(ENTITY_TYPES)}")
+            raise UserError(f"{where(lineno)}: unknown NER tag {tag!r} in the last column; {TAG_EXPECTED}")
         if not current.words:
             current.line, current.doc_id = lineno, max(doc_id, 0)
         current.words.append(columns[0])
         current.tags.append(tag)
     if current.words:
         sentences.append(current)
-    check_split_usable(sentences, path)
+    check_split_usable(sentences, where())
     return sentences
 
 
-def check_split_usable(sentences, path):
+def check_split_usable(sentences, where):
     if not sentences:
-        raise UserError(f"{path}: no sentences found; expected CoNLL lines 'word POS chunk NER-tag'")
+        raise UserError(f"{where}: no sentences found; expected CoNLL lines 'word ... NER-tag' (the word first, "
+                        "the tag last)")
     if all(tag == "O" for s in sentences for tag in s.tags):
-        raise UserError(f"{path}: {len(sentences)} sentences but not one entity tag; is this the right file?")
+        raise UserError(f"{where}: {len(sentences)} sentences but not one entity tag; is this the right file?")
 
 
 def iob1_to_iob2(tags):
@@ -96,6 +107,15 @@ def iob1_to_iob2(tags):
                 tag = "B-" + tag[2:]
         out.append(tag)
     return out
+
+
+def to_iob2(tags):
+    """Any of IOB1, IOB2 and BIOES to IOB2: S-X -> B-X and E-X -> I-X (S- and E- exist only in BIOES,
+    where B- and I- already mean what they mean in IOB2), then IOB1's entity-initial I- -> B-.
+
+    No scheme needs telling apart first: each step leaves the others' tags unchanged.
+    """
+    return iob1_to_iob2(["B-" + t[2:] if t[:2] == "S-" else "I-" + t[2:] if t[:2] == "E-" else t for t in tags])
 
 
 def label_list(tag_sequences):

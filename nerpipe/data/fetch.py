@@ -1,6 +1,12 @@
-"""Fetch the CoNLL-2003 splits from a URL or a local directory and verify their sha256."""
+"""Fetch a corpus's three splits from a URL or a local directory, verify their sha256, and record where
+each came from: all splits or none.
+
+    <out>/<split>.txt     a byte-for-byte copy of each split (train, valid, test)
+    <out>/sources.json    {split: {"file": the user's file or URL, "sha256": what the copy hashes to}}
+"""
 
 import hashlib
+import json
 import shutil
 import urllib.error
 import urllib.request
@@ -8,18 +14,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nerpipe.core.atomic import atomic_path
+from nerpipe.core.atomic import atomic_path, write_json
 from nerpipe.core.errors import UserError
+from nerpipe.core.params import SPLITS
 
-# File names at the original source, and the names the same files often carry in local copies.
-REMOTE_NAMES = {"train": "eng.train", "valid": "eng.testa", "test": "eng.testb"}
-LOCAL_NAMES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}
+SOURCES_FILE = "sources.json"
+# The development machines' shared copy is not a path a user has; the placeholders are.
+WHERE_TO_GET = ("CoNLL-2003 English is distributed by the shared task's organisers; the default source URL "
+                "is data.source in params.yaml")
 OFFLINE_HINT = ("set data.source to a local directory holding the three files, e.g. "
-                "`make repro DATA=../shared/data/conll2003` or `dvc exp run -S data.source=/path/to/conll2003`")
-
-
-def is_url(source):
-    return source.startswith(("http://", "https://"))
+                "`make repro DATA=/path/to/conll2003` or `dvc exp run -S data.source=/path/to/conll2003` "
+                f"({WHERE_TO_GET})")
 
 
 def sha256_of(path):
@@ -34,7 +39,8 @@ def _download(url, dest, timeout=30):
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
     except urllib.error.HTTPError as err:
-        raise UserError(f"{url}: HTTP {err.code} {err.reason}; check data.source in params.yaml") from None
+        raise UserError(f"{url}: HTTP {err.code} {err.reason}; check data.source and data.remote_files in "
+                        "params.yaml") from None
     except (urllib.error.URLError, TimeoutError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise UserError(f"cannot download {url} ({reason}). Without network access, {OFFLINE_HINT}") from None
@@ -49,29 +55,59 @@ def _download(url, dest, timeout=30):
         raise UserError(f"download of {url} failed part-way ({getattr(err, 'reason', err)}); run again") from None
 
 
-def _local_file(source, split):
-    for name in (REMOTE_NAMES[split], LOCAL_NAMES[split]):
-        if (Path(source) / name).is_file():
-            return Path(source) / name
-    raise UserError(f"data.source {source}: no {REMOTE_NAMES[split]} or {LOCAL_NAMES[split]} there; "
-                    f"point data.source at the directory holding the CoNLL-2003 files")
+def locate_splits(data):
+    """{split: URL or local Path} for every split; a local directory missing any of them fails naming all."""
+    if data.is_remote():
+        return {split: f"{data.source.rstrip('/')}/{data.remote_files[split]}" for split in SPLITS}
+    source = Path(data.source)
+    if not source.is_dir():
+        raise UserError(f"data.source {data.source!r} is neither an http(s) URL nor an existing directory; point it "
+                        f"at the directory holding the corpus, e.g. /path/to/conll2003 ({WHERE_TO_GET})")
+    found, missing = {}, []
+    for split in SPLITS:
+        names = dict.fromkeys((data.remote_files[split], data.local_files[split]))  # in order, once each
+        found[split] = next((source / name for name in names if (source / name).is_file()), None)
+        if found[split] is None:
+            missing.append(f"{split}: no {' or '.join(names)} (data.remote_files.{split}, data.local_files.{split})")
+    if missing:
+        raise UserError(f"data.source {source}: {len(missing)} split(s) missing, nothing was copied:\n  "
+                        + "\n  ".join(missing) + "\nPoint data.source at the directory holding the corpus, or set "
+                        "data.local_files to its file names")
+    return found
 
 
-def fetch_split(source, split, dest, expected_sha256):
-    """Copy or download one split to `dest`; refuse it (and keep any earlier good copy) on a mismatch."""
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        if is_url(source):
-            origin = f"{source.rstrip('/')}/{REMOTE_NAMES[split]}"
-            _download(origin, tmp)
-        else:
-            if not Path(source).is_dir():
-                raise UserError(f"data.source {source!r} is neither an http(s) URL nor an existing directory")
-            origin = _local_file(source, split)
-            shutil.copyfile(origin, tmp)
-        found = sha256_of(tmp)
-        if found != expected_sha256:
-            raise UserError(f"{origin}: sha256 mismatch for split {split!r}\n  expected {expected_sha256} "
-                            f"(data.sha256.{split} in params.yaml)\n  found    {found}\n"
-                            "The file was refused. If you really mean to use other data, update data.sha256.")
-    return origin
+def fetch_corpus(data, out_dir):
+    """Copy or download every split to <out_dir>/<split>.txt, verify each sha256 against data.sha256
+    ("" records without checking, for a local directory) and write sources.json; returns its content.
+
+    out_dir is replaced in one rename only when every split is there and matches, so any failure
+    leaves an earlier download exactly as it was.
+    """
+    origins = locate_splits(data)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        found = {}
+        for split, origin in origins.items():
+            if data.is_remote():
+                _download(origin, tmp / f"{split}.txt")
+            else:
+                shutil.copyfile(origin, tmp / f"{split}.txt")
+            found[split] = sha256_of(tmp / f"{split}.txt")
+        mismatches = [f"{origins[split]}: sha256 mismatch for split {split!r}\n  expected {data.sha256[split]} "
+                      f"(data.sha256.{split} in params.yaml)\n  found    {found[split]}"
+                      for split in SPLITS if data.sha256[split] not in ("", found[split])]
+        if mismatches:
+            raise UserError("\n".join(mismatches) + f"\nNothing was written to {out_dir}. If you really mean to use "
+                            "other data, update data.sha256 (\"\" skips the check for a local directory).")
+        sources = {split: {"file": str(origins[split]), "sha256": found[split]} for split in SPLITS}
+        write_json(tmp / SOURCES_FILE, sources)
+    return sources
+
+
+def read_sources(raw_dir):
+    """The sources.json that fetch_corpus wrote beside the split copies in `raw_dir`."""
+    path = Path(raw_dir) / SOURCES_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found; it is written by the download stage with the split copies, so "
+                        "run `dvc repro download`") from None

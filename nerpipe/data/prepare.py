@@ -1,5 +1,6 @@
-"""The prepare stage's work: read a corpus, convert its tags to IOB2, build the label list, and write
-each split as the prepared Arrow datasets (layout in nerpipe/data/prepared.py) with its statistics."""
+"""The prepare stage's work: read a corpus, convert its tags to IOB2, build the label list from the
+entity types the data holds, and write each split as the prepared Arrow datasets (layout in
+nerpipe/data/prepared.py) with its statistics."""
 
 import time
 from collections import Counter
@@ -8,34 +9,37 @@ from datasets import Dataset
 
 from nerpipe.core.atomic import atomic_path, write_json
 from nerpipe.data.alignment import build_examples, special_affixes
-from nerpipe.data.conll import iob1_to_iob2, label_list, read_conll
+from nerpipe.data.conll import label_list, read_conll, to_iob2
 
 
-def read_corpus(files, max_train_sentences=0):
+def read_corpus(files, max_train_sentences=0, sources=None):
     """Parse every split ({split: path}), tags converted to IOB2; returns (sentences by split, labels).
 
     The label list is built over all splits, so a tag seen only in dev or test still has an id.
     `max_train_sentences` > 0 keeps the first N training sentences (the labels still cover all).
+    `sources` (download's sources.json) names each copy's original in error messages.
     """
-    sentences = {split: read_conll(path) for split, path in files.items()}
+    sentences = {split: read_conll(path, origin=(sources or {}).get(split, {}).get("file"))
+                 for split, path in files.items()}
     if max_train_sentences and "train" in sentences:
         sentences["train"] = sentences["train"][:max_train_sentences]
     for split_sentences in sentences.values():
         for s in split_sentences:
-            s.tags = iob1_to_iob2(s.tags)
+            s.tags = to_iob2(s.tags)
     labels = label_list(s.tags for split_sentences in sentences.values() for s in split_sentences)
     return sentences, labels
 
 
-def prepare_corpus(files, tokenizer, cfg, out_dir):
-    """Read, convert, tokenize and write the whole prepared directory atomically; returns its stats."""
+def prepare_corpus(files, tokenizer, cfg, out_dir, sources=None):
+    """Read, convert, tokenize and write the whole prepared directory atomically; returns its stats.
+    `sources` (download's sources.json) is copied into stats.json: where the data came from, its sha256."""
     started = time.perf_counter()
-    sentences, labels = read_corpus(files, cfg.max_train_sentences)
+    sentences, labels = read_corpus(files, cfg.max_train_sentences, sources)
     with atomic_path(out_dir, is_dir=True) as tmp:
         stats = {split: prepare_split(split_sentences, tokenizer, labels, cfg, tmp / split)
                  for split, split_sentences in sentences.items()}
         write_json(tmp / "labels.json", labels)
-        write_json(tmp / "stats.json", {"labels": labels, "splits": stats,
+        write_json(tmp / "stats.json", {"labels": labels, "splits": stats, "sources": sources,
                                         "seconds": round(time.perf_counter() - started, 2)})
     return stats
 

@@ -1,7 +1,8 @@
 """The prepared data on disk: per split, a sentence dataset and a window (model input) dataset.
 
   <dir>/labels.json              the label list, written once; its order is the model's label ids
-  <dir>/stats.json               sentences, words, sub-tokens per word, windowed sentences, label counts
+  <dir>/stats.json               sentences, words, sub-tokens per word, windowed sentences, label counts;
+                                 "sources": download's record of each split's original file and sha256
   <dir>/<split>/sentences/       sentence_id, doc_id, line, words, tags (IOB2)  -- for scoring and output
   <dir>/<split>/examples/        input_ids, labels, word_index, sentence_id, length  -- unpadded
 """

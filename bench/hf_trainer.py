@@ -10,7 +10,10 @@ run_ner.py's setup, reproduced here:
     linear schedule with warmup; gradient clipping at `max_grad_norm`;
   - `train_sampling_strategy` "random" (RandomSampler) or "group_by_length" (LengthGroupedSampler;
     transformers 5.x replaced the `group_by_length=True` flag with this argument);
-  - no evaluation during training, no checkpoints, `report_to="none"`; CPU, or CUDA with `device="cuda"`.
+  - no evaluation during training, no checkpoints, `report_to="none"`; CPU, or CUDA with `device="cuda"`:
+    one GPU (bench.gpu.one_gpu_env; checked, no DataParallel), and there its best settings: bf16 and TF32
+    where the GPU has them natively (compute capability 8.0 on; transformers refuses `tf32=True` before
+    that), fp32 elsewhere -- nerpipe's `train.bf16: auto` rule -- and rows padded to a multiple of 8.
 
 The model is seeded with `transformers.set_seed(seed)` right before `from_pretrained`, as
 nerpipe.model.loading.load_for_training does, so both trainers start from the same classifier head.
@@ -31,9 +34,11 @@ import torch
 import transformers
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer, TrainingArguments
 
+from bench import gpu
 from bench.data import rows_to_word_tags
 from bench.result import TrainResult, entity_scores_only, fed_counts, loadavg, peak_rss_mib
 from nerpipe.evaluate.scoring import score_split
+from nerpipe.model.device import use_bf16
 
 STRATEGIES = ("random", "group_by_length")
 
@@ -110,10 +115,12 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
         model_dir, num_labels=len(data.labels), id2label=data.id2label, label2id=data.label2id,
         use_safetensors=True)
     cuda = device == "cuda"
-    # On CUDA, run_ner.py's GPU recipe: bf16 autocast, TF32 for what stays fp32, rows padded to a
-    # multiple of 8 for the tensor cores. On CPU, bf16 is torch.autocast("cpu", bfloat16) around the
-    # forward pass, as nerpipe's train.bf16.
-    bf16 = bf16 or cuda
+    if cuda:
+        gpu.require_cuda("the Trainer with device='cuda'")
+    # On CUDA, the Trainer's best: bf16 autocast where the GPU runs it natively, TF32 with it for what
+    # stays fp32 (as nerpipe's TF32 follows its bf16), rows padded to a multiple of 8 for the tensor
+    # cores. On CPU, bf16 is torch.autocast("cpu", bfloat16) around the forward pass, as nerpipe's train.bf16.
+    bf16 = bool(bf16 or (cuda and use_bf16("auto", torch.device("cuda"))))
     collator = CountingCollator(DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if cuda else None))
     rss_before_train = peak_rss_mib()
 
@@ -137,13 +144,17 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
             report_to="none",
             use_cpu=not cuda,
             bf16=bf16,
-            tf32=True if cuda else None,
+            tf32=bf16 if cuda else None,
             disable_tqdm=True,
             dataloader_num_workers=0,
             dataloader_pin_memory=False,
         )
+        if cuda and args.n_gpu != 1:
+            raise AssertionError(f"the Trainer sees {args.n_gpu} GPUs and would use DataParallel; run it with "
+                                 "one visible (bench.gpu.one_gpu_env)")
         trainer = Trainer(model=model, args=args, train_dataset=train.examples, data_collator=collator,
                           processing_class=tokenizer)
+        gpu.reset_peak_memory(args.device)
         load_before = loadavg()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         train_output = trainer.train()
@@ -181,4 +192,6 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
         eval_batch_size=eval_batch_size,
         peak_rss_mib={"before_train": rss_before_train, "after_train": rss_after_train,
                       "after_eval": peak_rss_mib()},
-        loadavg_1min=[load_before, load_after])
+        loadavg_1min=[load_before, load_after],
+        device=torch.cuda.get_device_name(args.device) if cuda else "cpu",
+        peak_gpu_mib=gpu.peak_memory_mib(args.device))

@@ -1,4 +1,5 @@
-"""Sustained matmul throughput on this CPU, fp32 and bf16, and which kernel does the work.
+"""Sustained matmul throughput on this CPU, fp32 and bf16, and which kernel does the work; on a GPU,
+its bf16/fp32/TF32 rates (measure_cuda, cuda_summary: the reference of `run_benchmark --device cuda`).
 
     PYTHONPATH=. .venv/bin/python -m bench.matmul                      # summary: 2048/4096, fp32 (+ bf16)
     PYTHONPATH=. .venv/bin/python -m bench.matmul --sweep              # ops, layouts, shapes, threads
@@ -97,6 +98,44 @@ def summary(sizes=(2048, 4096), threads=None, min_seconds=2.0):
         for dtype in native_dtypes():
             rows.append(measure(size, dtype=dtype, threads=threads, min_seconds=min_seconds))
     return rows
+
+
+def measure_cuda(m, dtype="bf16", tf32=False, min_seconds=1.0, calls_per_sample=10):
+    """Sustained m^3 torch.mm on the current GPU: CUDA events around `calls_per_sample` back-to-back calls
+    (a single large GEMM is a few milliseconds), after a warmup; median and best GFLOP/s over samples
+    filling `min_seconds`. `tf32` applies to fp32 only; the flag is put back afterwards."""
+    device = torch.device("cuda")
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        generator = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(m, m, device=device, generator=generator).to(DTYPES[dtype])
+        b = torch.randn(m, m, device=device, generator=generator).to(DTYPES[dtype])
+        for _ in range(3):
+            torch.mm(a, b)
+        torch.cuda.synchronize(device)
+        times = []
+        while sum(times) < min_seconds or len(times) < 5:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls_per_sample):
+                torch.mm(a, b)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / calls_per_sample)  # elapsed_time is in ms
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    times.sort()
+    flop = 2.0 * m ** 3
+    return {"device": "cuda", "gpu": torch.cuda.get_device_name(device), "m": m, "k": m, "n": m, "dtype": dtype,
+            "tf32": tf32, "op": "mm", "layout": "nn", "gflops_median": round(flop / times[len(times) // 2] / 1e9, 1),
+            "gflops_best": round(flop / times[0] / 1e9, 1), "calls": len(times) * calls_per_sample}
+
+
+def cuda_summary(size=8192, min_seconds=1.0):
+    """The GPU's reference rates: bf16 (what a bf16 training step is compared with), strict fp32, fp32 with TF32."""
+    return [measure_cuda(size, "bf16", min_seconds=min_seconds), measure_cuda(size, "fp32", min_seconds=min_seconds),
+            measure_cuda(size, "fp32", tf32=True, min_seconds=min_seconds)]
 
 
 # Shapes the MiniLM-L6 training step runs (hidden 384, FFN 1536) for a batch of 32 x ~40 sub-tokens,

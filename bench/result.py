@@ -63,6 +63,10 @@ class TrainResult:
     """Peak resident memory before training, after training, after evaluation."""
     loadavg_1min: list
     """1-minute load average before and after training."""
+    device: str = "cpu"
+    """'cpu', or the name of the GPU it trained on."""
+    peak_gpu_mib: dict = None
+    """On a GPU: peak memory of training and evaluation, allocated by tensors and reserved by torch."""
 
     @property
     def f1(self):

@@ -18,6 +18,13 @@ strongest setting there. So each precision nerpipe trains in has a like-for-like
 equal precision the two loops have run at the same speed (BENCHMARKS.md). bf16 is never measured
 where the CPU would emulate it: neither those rows nor the bf16 matmul reference.
 
+With --device cuda every row runs on one GPU (the first visible: several would make the Trainer use
+DataParallel) at the Trainer's best GPU settings, which are nerpipe's defaults there: bf16 and TF32
+where the GPU has them natively (compute capability 8.0 on), fp32 elsewhere, rows padded to a
+multiple of 8. Without a GPU it is an error, not a CPU run. The reference is then the GPU's own
+measured bf16 torch.mm rate, the GPU's name and each run's peak GPU memory are recorded, and the
+per-CPU-second columns give way to per-second ones (on a GPU the CPU mostly waits).
+
 Every (trainer, threads, repeat) runs in a fresh Python process (`--worker`), so each one pays the
 same cold-start costs, gets its own peak RSS, and a crash in one does not lose the others. All
 trainers get the same rows (bench/data.py builds them with nerpipe's own tokenization) and the same
@@ -54,7 +61,7 @@ from pathlib import Path
 
 import torch
 
-from bench import inputs
+from bench import gpu, inputs
 from bench.result import TrainResult, entity_scores_only, fed_counts, loadavg, peak_rss_mib
 from nerpipe.core.errors import UserError, exit_on_user_error
 from nerpipe.model.device import use_bf16
@@ -71,22 +78,23 @@ QUICK_TRAIN_SENTENCES = 2000
 CPU = torch.device("cpu")
 
 
-def native_bf16():
-    """True where this CPU runs bf16 matmuls natively: the rule of nerpipe's `train.bf16: auto`."""
-    return use_bf16("auto", CPU)
+def native_bf16(device="cpu"):
+    """True where this CPU (or GPU) runs bf16 matmuls natively: the rule of nerpipe's `train.bf16: auto`."""
+    return use_bf16("auto", torch.device(device))
 
 
 def default_trainers(device):
     """The Trainer as run_ner.py sets it up, with group_by_length, and nerpipe; plus the Trainer in bf16
-    on a CPU with native bf16, where nerpipe's default trains in bf16 too. (On CUDA every row is bf16.)"""
+    on a CPU with native bf16, where nerpipe's default trains in bf16 too. (On CUDA every Trainer row
+    takes bf16 where the GPU has it natively: hf-group-bf16 would repeat hf-group.)"""
     return ["hf-random", "hf-group"] + (["hf-group-bf16"] if device == "cpu" and native_bf16() else []) + ["nerpipe"]
 
 
 def trains_in_bf16(trainer, device):
     kind, options = TRAINERS[trainer]
-    if device == "cuda":
-        return True
-    return options.get("bf16", False) if kind == "hf" else use_bf16(options.get("bf16", "auto"), CPU)
+    if kind == "hf":  # on CUDA, bench.hf_trainer adds bf16 wherever the GPU has it natively
+        return bool(options.get("bf16", False) or (device == "cuda" and native_bf16("cuda")))
+    return use_bf16(options.get("bf16", "auto"), torch.device(device))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,22 +105,25 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     """Train with nerpipe.train.loop.fit on the benchmark rows (dev F1 once per epoch, the best model
     kept, as the train stage does), predict `eval_splits` with the best model; a TrainResult."""
     from nerpipe.core.params import TrainParams
-    from nerpipe.data.batching import length_grouped_batches
+    from nerpipe.data.batching import length_grouped_batches, padded_width
     from nerpipe.data.prepared import WindowedExamples
     from nerpipe.evaluate.inference import predict_tags
     from nerpipe.evaluate.scoring import score_split
-    from nerpipe.model.device import pick_device
+    from nerpipe.model.device import pad_multiple, set_tf32
     from nerpipe.model.loading import load_for_training, load_tokenizer, load_trained
     from nerpipe.train.checkpoints import Checkpoints
     from nerpipe.train.loop import DevSet, RunContext, dev_scorer, fit, plan_steps
 
-    device = pick_device() if device == "cuda" else CPU  # pick_device also turns TF32 on
+    if device == "cuda":
+        gpu.require_cuda("nerpipe with device='cuda'")
+    device = torch.device(device)
     tokenizer = load_tokenizer(model_dir)
     pad_id = tokenizer.pad_token_id
     cfg = TrainParams(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                       max_grad_norm=max_grad_norm, seed=seed, dropout=0.1, eval_every_steps=0, patience=0,
                       checkpoint_every=0, bf16=bf16)
     bf16 = use_bf16(cfg.bf16, device)
+    set_tf32(device, bf16)
     train_split, dev_split = data.splits["train"], data.splits["valid"]
     train = WindowedExamples(train_split.examples)
     devset = DevSet(WindowedExamples(dev_split.examples), dev_split.words, dev_split.gold, data.id2label,
@@ -132,6 +143,7 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
 
     model = load_for_training(model_dir, data.labels, cfg.dropout, seed).to(device)
     rss_before_train = peak_rss_mib()
+    gpu.reset_peak_memory(device)
     with tempfile.TemporaryDirectory(prefix="nerpipe_bench_") as tmp:
         checkpoints = Checkpoints(Path(tmp) / "checkpoints", "bench")
         load_before = loadavg()
@@ -153,8 +165,9 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
 
     threads = torch.get_num_threads()
     lengths = train.input_ids.lengths()
-    multiple = 8 if device.type == "cuda" else 1  # fit's collate pads to a multiple of 8 on CUDA
-    padded = sum(-(-int(lengths[b].max()) // multiple) * multiple * len(b) for epoch in range(state.epoch)
+    # the width fit's collate pads each batch to (a multiple of 8 on CUDA, within the model's positions)
+    multiple, limit = pad_multiple(device), getattr(model.config, "max_position_embeddings", None)
+    padded = sum(padded_width(int(lengths[b].max()), multiple, limit) * len(b) for epoch in range(state.epoch)
                  for b in length_grouped_batches(lengths, batch_size, seed, epoch))
     logged_steps = [row["step"] for row in state.history]
     # each history row is the mean loss of the steps since the previous row
@@ -179,7 +192,9 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
         eval_batch_size=eval_batch_size,
         peak_rss_mib={"before_train": rss_before_train, "after_train": rss_after_train,
                       "after_eval": peak_rss_mib()},
-        loadavg_1min=[load_before, load_after])
+        loadavg_1min=[load_before, load_after],
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        peak_gpu_mib=gpu.peak_memory_mib(device))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,6 +227,8 @@ def run_in_subprocess(spec, timeout):
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TQDM_DISABLE": "1",
                "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if spec["device"] == "cuda":
+            env = gpu.one_gpu_env(env)
         started = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-m", "bench.run_benchmark", "--worker", str(spec_path),
@@ -236,15 +253,21 @@ def _fmt(value, digits=0):
     return f"{value:,.{digits}f}"
 
 
-def table_rows(runs, flops_per_token, fp32_gflops):
-    """fp32_gflops: {threads: torch.mm fp32 GFLOP per CPU second} (median rate / (cpu utilisation * threads))."""
+def table_rows(runs, flops_per_token, reference):
+    """reference: on a CPU {threads: torch.mm fp32 GFLOP per CPU second} (median rate / (cpu utilisation *
+    threads)); on a GPU its bf16 torch.mm GFLOP/s (None when not measured)."""
     rows = []
     for r in runs:
         spec = r["spec"]
         if "error" in r:
+            head = header(spec.get("device", "cpu"))
             rows.append([spec["trainer"], "", str(spec["threads"]), str(spec["repeat"]), "ERROR: " +
-                         r["error"].splitlines()[-1][:80]] + [""] * (len(HEADER) - 5))
+                         r["error"].splitlines()[-1][:80]] + [""] * (len(head) - 5))
             continue
+        if spec.get("device") == "cuda":
+            rows.append(_gpu_row(r, flops_per_token, reference))
+            continue
+        fp32_gflops = reference
         # Per CPU second, so that time other processes took does not count against the trainer.
         cpu_scale = r["cpu_utilisation"] * r["config"]["threads"]
         gflops = r["train_padded_tokens_per_second"] * flops_per_token / 1e9 / cpu_scale if flops_per_token else None
@@ -266,21 +289,47 @@ def table_rows(runs, flops_per_token, fp32_gflops):
     return rows
 
 
+def _f1_cells(r):
+    f1 = r["f1"]
+    return ["/".join(_fmt(100 * f1[s]["conlleval"], 2) for s in ("valid", "test") if s in f1) or "-",
+            "/".join(_fmt(100 * f1[s]["strict"], 2) for s in ("valid", "test") if s in f1) or "-",
+            "/".join(_fmt(v, 1) for v in r["eval_seconds"].values()) or "-"]
+
+
+def _gpu_row(r, flops_per_token, bf16_gflops):
+    """A GPU run: rates per wall second (the CPU mostly waits for the GPU, so its utilisation says nothing
+    of contention), model FLOP/s against the GPU's own bf16 matmul rate, peak GPU memory."""
+    gflops = r["train_padded_tokens_per_second"] * flops_per_token / 1e9 if flops_per_token else None
+    return [r["spec"]["trainer"], "bf16" if r["bf16"] else "fp32", "1 GPU", str(r["spec"]["repeat"]),
+            _fmt(r["train_seconds"], 1), _fmt(r["train_sentences_per_second"], 1),
+            _fmt(r["train_subtokens_per_second"]), _fmt(r["train_padded_tokens_per_second"]),
+            _fmt(100 * r["fed"]["padding_fraction"], 1), _fmt(gflops / 1e3 if gflops else None, 1),
+            _fmt(100 * gflops / bf16_gflops if gflops and bf16_gflops else None, 1), *_f1_cells(r),
+            _fmt((r.get("peak_gpu_mib") or {}).get("allocated"))]
+
+
 HEADER = ["trainer", "precision", "threads", "rep", "train s", "sent/s", "subtok/s", "subtok/cpu-s", "padded/s",
           "pad %", "GFLOP/cpu-s", "% of fp32 mm", "F1 dev/test (conlleval)", "F1 dev/test (strict)", "eval s dev/test",
           "peak RSS MiB", "cpu util"]
+HEADER_GPU = ["trainer", "precision", "device", "rep", "train s", "sent/s", "subtok/s", "padded/s", "pad %",
+              "model TFLOP/s", "% of bf16 mm", "F1 dev/test (conlleval)", "F1 dev/test (strict)", "eval s dev/test",
+              "peak GPU MiB"]
 
 
-def markdown_table(rows):
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
+def header(device):
+    return HEADER_GPU if device == "cuda" else HEADER
+
+
+def markdown_table(rows, head=HEADER):
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def plain_table(rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(HEADER, *rows)]
+def plain_table(rows, head=HEADER):
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join(fmt.format(*row) for row in [HEADER, *rows])
+    return "\n".join(fmt.format(*row) for row in [head, *rows])
 
 
 def medians(runs):
@@ -320,14 +369,23 @@ def ratio_lines(medians_):
     return lines
 
 
-def environment():
+def environment(device="cpu"):
     import transformers
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "cpu": cpu, "cores": os.cpu_count(), "default_threads": torch.get_num_threads(),
-            "native_bf16": native_bf16(),
+            "native_bf16": native_bf16(device), "device": device,
+            **({"gpu": gpu.gpu_info()} if device == "cuda" else {}),
             "loadavg_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _matmul_line(m):
+    if m.get("device") == "cuda":
+        return (f"- torch.mm {m['m']}^3 {m['dtype']}{' (TF32)' if m.get('tf32') else ''} on the GPU: "
+                f"{m['gflops_median']:,} GFLOP/s median (best {m['gflops_best']:,})")
+    return f"- torch.mm {m['m']}^3 {m['dtype']} threads={m['threads']}: {m['gflops_median']} GFLOP/s " \
+           f"(cpu util {m['cpu_utilisation']})"
 
 
 def write_report(report, out):
@@ -335,11 +393,17 @@ def write_report(report, out):
     runs = report["runs"]
     report["medians"] = medians(runs)
     flops_per_token = report["flops"]["flops_per_token"]
-    fp32 = {m["threads"]: m["gflops_median"] / ((m["cpu_utilisation"] or 1) * m["threads"])
-            for m in report.get("matmul", []) if m["dtype"] == "fp32"}  # GFLOP per CPU second
-    rows = table_rows(runs, flops_per_token, fp32)
+    device = runs[0]["spec"].get("device", "cpu") if runs else "cpu"
+    matmul = report.get("matmul", [])
+    if device == "cuda":  # the GPU's own bf16 rate
+        reference = next((m["gflops_median"] for m in matmul if m.get("device") == "cuda" and m["dtype"] == "bf16"),
+                         None)
+    else:  # GFLOP per CPU second
+        reference = {m["threads"]: m["gflops_median"] / ((m["cpu_utilisation"] or 1) * m["threads"])
+                     for m in matmul if m.get("device", "cpu") == "cpu" and m["dtype"] == "fp32"}
+    rows, head = table_rows(runs, flops_per_token, reference), header(device)
     print()
-    print(plain_table(rows))
+    print(plain_table(rows, head))
     print("\n".join(["", *ratio_lines(report["medians"])]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
@@ -350,14 +414,16 @@ def write_report(report, out):
           f"{spec.get('warmup_ratio')}, weight decay {spec.get('weight_decay')}, eval batch size "
           f"{spec.get('eval_batch_size')}",
           f"- {env['cpu']}, {env['cores']} cores; torch {env['torch']}, transformers {env['transformers']}",
-          f"- native bf16 (avx512_bf16 or AMX; where nerpipe's `train.bf16: auto` turns bf16 on): "
-          f"{'yes' if env.get('native_bf16') else 'no'}",
+          *([f"- GPU: {g['name']} (compute capability {g['capability']}, {g['memory_mib']:,} MiB, CUDA "
+             f"{g['torch_cuda']}{'; ' + g['nvidia_smi'] if g.get('nvidia_smi') else ''}), one GPU per run"]
+            if (g := env.get("gpu")) else []),
+          f"- native bf16 ({'compute capability >= 8.0' if device == 'cuda' else 'avx512_bf16 or AMX'}; where "
+          f"nerpipe's `train.bf16: auto` turns bf16 on): {'yes' if env.get('native_bf16') else 'no'}",
           f"- load average at start/end: {env['loadavg_start'][0]:.2f} / {env['loadavg_end'][0]:.2f} "
           "(shared machine; see `cpu util`)",
           f"- model train FLOPs per sub-token (seq 40): {flops_per_token / 1e6:.2f} M"]
-    md += [f"- torch.mm {m['m']}^3 {m['dtype']} threads={m['threads']}: {m['gflops_median']} GFLOP/s "
-           f"(cpu util {m['cpu_utilisation']})" for m in report.get("matmul", [])]
-    md += ["", markdown_table(rows), "", *ratio_lines(report["medians"]), "",
+    md += [_matmul_line(m) for m in matmul]
+    md += ["", markdown_table(rows, head), "", *ratio_lines(report["medians"]), "",
            "Columns: see the docstring of bench/run_benchmark.py.", ""]
     out.with_suffix(".md").write_text("\n".join(md))
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
@@ -412,9 +478,11 @@ def parse_args(argv):
                         help="default: hf-random hf-group nerpipe, and hf-group-bf16 where the CPU has native bf16 "
                              f"({' '.join(default_trainers('cpu'))} here)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="cuda: both trainers on the GPU with bf16 autocast, TF32, fused AdamW and rows padded "
-                             "to a multiple of 8 (pass --no-matmul: the matmul reference is a CPU one)")
-    parser.add_argument("--no-matmul", action="store_true", help="skip the matmul GFLOP/s measurement")
+                        help="cuda: every trainer on one GPU (the first visible), with bf16 autocast and TF32 where "
+                             "the GPU has them natively, fused AdamW and rows padded to a multiple of 8; an error "
+                             "without a GPU")
+    parser.add_argument("--no-matmul", action="store_true",
+                        help="skip the matmul GFLOP/s reference (the CPU's, or with --device cuda the GPU's)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per training run")
     parser.add_argument("--out", type=Path, default=Path("bench/results/benchmark.json"))
     parser.add_argument("--merge", type=Path, nargs="+", help="combine earlier result JSONs into --out; runs nothing")
@@ -424,17 +492,25 @@ def parse_args(argv):
 
 
 def check_trainers(trainers, device):
-    """bf16 rows only where bf16 is native: emulated, a bf16 matmul runs at ~1 GFLOP/s and measures nothing."""
-    emulated = [t for t in trainers if device == "cpu" and trains_in_bf16(t, device) and not native_bf16()]
+    """bf16 rows only where bf16 is native: emulated, a bf16 matmul runs at ~1 GFLOP/s on a CPU (and
+    slower than fp32 on a T4 or V100) and measures nothing; transformers refuses it on such GPUs."""
+    emulated = [t for t in trainers if trains_in_bf16(t, device) and not native_bf16(device)]
     if emulated:
-        raise UserError(f"--trainers {' '.join(emulated)}: bf16 on this CPU would be emulated (no avx512_bf16 or "
-                        "AMX); leave those out")
+        why = "GPU would be emulated (compute capability below 8.0)" if device == "cuda" else \
+            "CPU would be emulated (no avx512_bf16 or AMX)"
+        raise UserError(f"--trainers {' '.join(emulated)}: bf16 on this {why}; leave those out")
 
 
-def measure_matmul(threads_list):
-    """The 2048^3 torch.mm reference per thread count: fp32, and bf16 only where the CPU has it natively."""
+def measure_matmul(threads_list, device="cpu"):
+    """The matmul reference. On a CPU: 2048^3 torch.mm per thread count, fp32, and bf16 only where the CPU
+    has it natively. On a GPU: 8192^3 on the GPU, bf16 (the reference), strict fp32 and fp32 with TF32."""
     from bench import matmul
 
+    if device == "cuda":
+        rows = matmul.cuda_summary()
+        for m in rows:
+            print(_matmul_line(m)[2:], flush=True)
+        return rows
     rows = []
     for threads in threads_list:
         rows += matmul.summary(sizes=(2048,), threads=threads, min_seconds=2.0)
@@ -461,17 +537,19 @@ def main(argv=None):
     transformers.logging.set_verbosity_error()
     trainers = args.trainers or default_trainers(args.device)
     with exit_on_user_error():
+        if args.device == "cuda":
+            gpu.require_cuda()
         check_trainers(trainers, args.device)
         data_dir, model_dir = str(inputs.data_dir(args.data)), inputs.model_dir(args.model)
     train_sentences = args.train_sentences or (QUICK_TRAIN_SENTENCES if args.quick else 0)
     eval_splits = [] if args.eval_splits == ["none"] else args.eval_splits
-    report = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()}}
+    report = {"environment": environment(args.device), "args": {k: str(v) for k, v in vars(args).items()}}
     print(f"data {data_dir}, model {model_dir}, trainers {' '.join(trainers)}", flush=True)
 
     report["flops"] = flops.train_flops_per_token(flops.load_model(model_dir), seq_len=40)
     print(f"model train FLOPs per sub-token (seq 40): {report['flops']['flops_per_token'] / 1e6:.2f} M", flush=True)
     if not args.no_matmul:
-        report["matmul"] = measure_matmul(args.threads)
+        report["matmul"] = measure_matmul(args.threads, args.device)
 
     runs = []
     for repeat in range(args.repeats):

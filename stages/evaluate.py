@@ -19,7 +19,7 @@ from nerpipe.core.params import load_params
 from nerpipe.data.conll import format_predictions
 from nerpipe.evaluate.metrics import evaluation_metrics, flatten_metrics
 from nerpipe.evaluate.splits import evaluate_splits, type_confusion
-from nerpipe.model.device import pick_device, use_bf16
+from nerpipe.model.device import pick_device, set_tf32, use_bf16
 from nerpipe.model.loading import load_tokenizer, load_trained
 from nerpipe.track import runs as tracking
 
@@ -38,10 +38,11 @@ def main():
         started = time.perf_counter()
         run_id = tracking.run_of_model(args.run)  # an unreachable tracking server fails here, in seconds
         device = pick_device()
+        bf16 = use_bf16(params.train.bf16, device)
+        set_tf32(device, bf16)
         model = load_trained(args.model).to(device)
         pad_id = load_tokenizer(str(args.model)).pad_token_id
-        results = evaluate_splits(model, args.data, pad_id, params.evaluate.batch_size, device,
-                                  use_bf16(params.train.bf16, device))
+        results = evaluate_splits(model, args.data, pad_id, params.evaluate.batch_size, device, bf16)
         metrics = evaluation_metrics({name: r["scores"] for name, r in results.items()},
                                      json.loads(args.untrained.read_text()),
                                      {name: r["seconds"] for name, r in results.items()})

@@ -16,7 +16,7 @@ from nerpipe.core.params import load_params
 from nerpipe.data.prepared import read_labels
 from nerpipe.evaluate.metrics import flatten_untrained, untrained_metrics
 from nerpipe.evaluate.splits import evaluate_splits
-from nerpipe.model.device import pick_device
+from nerpipe.model.device import pick_device, set_tf32
 from nerpipe.model.loading import load_for_training, load_tokenizer
 
 
@@ -31,6 +31,7 @@ def main():
         started = time.perf_counter()
         model = load_for_training(params.model.name, read_labels(args.data), 0.0, params.train.seed)
         device = pick_device()
+        set_tf32(device, False)  # strict fp32, as this stage always scores
         results = evaluate_splits(model.to(device), args.data, load_tokenizer(params.model.name).pad_token_id,
                                   params.evaluate.batch_size, device)
         untrained = untrained_metrics({name: r["scores"] for name, r in results.items()},

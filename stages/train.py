@@ -18,7 +18,7 @@ from nerpipe.core.atomic import atomic_path, write_json
 from nerpipe.core.errors import Interrupted, exit_on_user_error
 from nerpipe.core.params import flatten, load_params
 from nerpipe.data.prepared import PreparedSplit, read_labels
-from nerpipe.model.device import pick_device, use_bf16
+from nerpipe.model.device import pick_device, set_tf32, use_bf16
 from nerpipe.model.loading import count_parameters, load_for_training, load_tokenizer, set_trainable
 from nerpipe.track import runs as tracking
 from nerpipe.track.trained_model import log_training
@@ -48,15 +48,18 @@ def main():
         tokenizer = load_tokenizer(params.model.name)
         device = pick_device()
         bf16 = use_bf16(params.train.bf16, device)
+        tf32 = set_tf32(device, bf16)
         train, dev = PreparedSplit(args.data, "train"), PreparedSplit(args.data, "valid")
         # How often checkpoints are written, what evaluate does and where MLflow records do not change
         # the training run, so a checkpoint resumes across changes to them.
         resumable = {k: v for k, v in flatten(params).items()
                      if not k.startswith(("mlflow.", "evaluate.")) and k != "train.checkpoint_every"}
-        checkpoints = Checkpoints(args.checkpoints, run_settings(resumable, train.examples, dev.examples))
+        checkpoints = Checkpoints(args.checkpoints, run_settings(resumable, train.examples, dev.examples,
+                                                                device=device, bf16=bf16, tf32=tf32))
         trainable, total = count_parameters(model)
         steps_per_epoch, total_steps = plan_steps(len(train.examples), params.train)
-        print(f"device {device}, {trainable:,} of {total:,} parameters train, {total_steps} optimizer steps")
+        print(f"device {device} (bf16 {'on' if bf16 else 'off'}, TF32 {'on' if tf32 else 'off'}), "
+              f"{trainable:,} of {total:,} parameters train, {total_steps} optimizer steps")
         with tracking.training_run(experiment_id, params, checkpoints, device, args.data) as run:
             devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, params.train.batch_size)
             state = fit(model.to(device), train.examples, RunContext(
@@ -71,8 +74,7 @@ def main():
                     pd.DataFrame(rows).to_csv(tmp, index=False)
             metrics = summary(state, total_steps)
             write_json(args.reports / "metrics.json", metrics)
-            log_training(metrics, time.perf_counter() - started, args.data, args.reports, args.model_out,
-                         example=" ".join(dev.words[0]), register_as=params.mlflow.register_model)
+            log_training(metrics, time.perf_counter() - started, args.data, args.reports, args.model_out, params)
             tracking.write_run_file(args.reports / "run.json", run)  # last: evaluate and report resume this run
         print(f"best dev F1 {state.best_dev_f1:.4f} at step {state.best_step}; model saved to {args.model_out}")
 

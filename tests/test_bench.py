@@ -6,11 +6,12 @@ The Trainer needs accelerate, which the `bench` extra installs (`make setup` ins
 these tests fail, they do not skip.
 """
 
+import json
 import math
 
 import pytest
 
-from bench import inputs, matmul
+from bench import gpu, inputs, matmul
 from bench import run_benchmark as rb
 from bench.data import load_data
 from bench.hf_trainer import train_and_evaluate
@@ -53,6 +54,7 @@ def test_both_trainers_fill_the_same_record_with_the_same_counts(results, data):
         assert r.fed["rows"] == 2 * rows
         assert r.fed["tokens"] == 2 * data.splits["train"].n_subtokens()
         assert r.fed["padded_tokens"] >= r.fed["tokens"]
+        assert r.device == "cpu" and r.peak_gpu_mib is None
         assert 0 < r.train_seconds <= r.training_call_seconds
         assert math.isfinite(r.train_loss) and r.train_loss > 0
         assert r.eval_seconds.keys() == {"valid", "test"}
@@ -74,7 +76,7 @@ def test_fit_reports_its_own_dev_evaluation_time(results):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_default_comparison_has_the_bf16_trainer_exactly_where_bf16_is_native(monkeypatch, native):
-    monkeypatch.setattr(rb, "native_bf16", lambda: native)
+    monkeypatch.setattr(rb, "native_bf16", lambda device="cpu": native and device == "cpu")
     monkeypatch.setattr(rb, "use_bf16", lambda setting, device: setting == "on" or (setting == "auto" and native))
     expected = ["hf-random", "hf-group"] + (["hf-group-bf16"] if native else []) + ["nerpipe"]
     assert rb.default_trainers("cpu") == expected
@@ -108,3 +110,83 @@ def test_data_and_model_come_from_flag_then_environment(monkeypatch, tmp_path, f
     monkeypatch.setattr(inputs, "OFFLINE_MODEL_SCRIPT", tmp_path / "offline-model")
     with pytest.raises(UserError, match="pass --model DIR"):
         inputs.model_dir()
+
+
+# --- --device cuda, checked on the CPU -------------------------------------------------------------------
+
+def test_cuda_without_a_gpu_is_an_error_not_a_cpu_run(capsys, tiny_model_dir, data, fixture_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        rb.main(["--device", "cuda", "--data", str(fixture_dir), "--model", str(tiny_model_dir), "--no-matmul"])
+    assert exit_info.value.code == 2
+    assert "--device cuda: a CUDA GPU is required, and torch" in capsys.readouterr().err
+    with pytest.raises(UserError, match="nerpipe with device='cuda': a CUDA GPU is required"):
+        rb.run_nerpipe(str(tiny_model_dir), data, **HYPER, eval_splits=(), device="cuda")
+    with pytest.raises(UserError, match="the Trainer with device='cuda': a CUDA GPU is required"):
+        train_and_evaluate(str(tiny_model_dir), data, **HYPER, eval_splits=(), device="cuda")
+
+
+@pytest.mark.parametrize("visible, pinned", [(None, "0"), ("3", "3"), ("2,3", "2"), ("GPU-5f0e,GPU-a1b2", "GPU-5f0e")])
+def test_every_worker_sees_one_gpu(visible, pinned):
+    env = {"PATH": "/bin"} | ({} if visible is None else {"CUDA_VISIBLE_DEVICES": visible})
+    assert gpu.one_gpu_env(env) == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": pinned}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_on_a_gpu_bf16_and_tf32_are_forced_on_the_trainer_only_where_native(monkeypatch, tiny_model_dir, data,
+                                                                              native):
+    """On an A100/H100 the Trainer gets bf16 and TF32; on a T4 or V100, where transformers refuses tf32=True and
+    bf16 is emulated, neither. The GPU is faked up to TrainingArguments, whose arguments are recorded."""
+    import bench.hf_trainer as hf
+
+    class Recorded(Exception):
+        pass
+
+    def training_arguments(**kwargs):
+        raise Recorded(kwargs)
+
+    monkeypatch.setattr(hf.gpu, "require_cuda", lambda what: None)
+    monkeypatch.setattr(hf, "use_bf16", lambda setting, device: native and setting == "auto" and device.type == "cuda")
+    monkeypatch.setattr(hf, "TrainingArguments", training_arguments)
+    monkeypatch.setattr(rb, "native_bf16", lambda device="cpu": native and device == "cuda")
+    with pytest.raises(Recorded) as recorded:
+        train_and_evaluate(str(tiny_model_dir), data, **HYPER, eval_splits=(), device="cuda")
+    args = recorded.value.args[0]
+    assert (args["bf16"], args["tf32"], args["use_cpu"]) == (native, native, False)
+    assert [rb.trains_in_bf16(t, "cuda") for t in ("hf-random", "hf-group")] == [native, native]
+    assert rb.default_trainers("cuda") == ["hf-random", "hf-group", "nerpipe"]
+    if native:
+        rb.check_trainers(list(rb.TRAINERS), "cuda")
+    else:
+        with pytest.raises(UserError, match=r"hf-group-bf16: bf16 on this GPU would be emulated \(compute capability"):
+            rb.check_trainers(["hf-group", "hf-group-bf16", "nerpipe"], "cuda")
+
+
+def test_the_gpu_reference_is_measured_on_the_gpu(monkeypatch):
+    monkeypatch.setattr(matmul, "summary", lambda **kw: pytest.fail("the CPU matmul ran for --device cuda"))
+    rows = [{"device": "cuda", "m": 8192, "dtype": "bf16", "tf32": False, "gflops_median": 700000.0,
+             "gflops_best": 710000.0}]
+    monkeypatch.setattr(matmul, "cuda_summary", lambda: rows)
+    assert rb.measure_matmul([2], "cuda") == rows
+
+
+def test_gpu_rows_are_per_second_against_the_gpu_bf16_rate_with_peak_memory(results, tmp_path):
+    run = results["nerpipe"].to_json()
+    run.update(spec={"trainer": "nerpipe", "threads": 16, "repeat": 0, "device": "cuda", "train_sentences": 10,
+                     "epochs": 2}, cpu_utilisation=0.05, device="NVIDIA H200", bf16=True,
+               peak_gpu_mib={"allocated": 1234.5, "reserved": 2048.0})
+    report = {"environment": {**rb.environment("cpu"), "gpu": {"name": "NVIDIA H200", "capability": "9.0",
+                                                                 "memory_mib": 143771, "torch_cuda": "12.8"},
+                              "native_bf16": True, "loadavg_end": (0.1, 0.1, 0.1)},
+              "flops": {"flops_per_token": 1e9}, "runs": [run],
+              "matmul": [{"device": "cuda", "m": 8192, "dtype": "bf16", "tf32": False, "gflops_median": 500000.0,
+                          "gflops_best": 510000.0}]}
+    rb.write_report(report, tmp_path / "gpu.json")
+    md = (tmp_path / "gpu.md").read_text()
+    assert "| model TFLOP/s | % of bf16 mm |" in md and "peak GPU MiB" in md and "contended" not in md
+    assert "- GPU: NVIDIA H200 (compute capability 9.0, 143,771 MiB, CUDA 12.8), one GPU per run" in md
+    assert "torch.mm 8192^3 bf16 on the GPU: 500,000.0 GFLOP/s median" in md
+    row = next(line for line in md.splitlines() if line.startswith("| nerpipe |")).split(" | ")
+    tflops = run["train_padded_tokens_per_second"] * 1e9 / 1e12
+    assert row[9] == f"{tflops:,.1f}" and row[10] == f"{100 * tflops * 1e3 / 500000.0:,.1f}"
+    assert row[-1].strip(" |") == "1,234"
+    assert json.loads((tmp_path / "gpu.json").read_text())["runs"][0]["peak_gpu_mib"]["allocated"] == 1234.5

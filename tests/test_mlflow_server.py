@@ -12,6 +12,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import mlflow
 import pytest
 import requests
 import torch
@@ -185,29 +186,27 @@ def test_two_lr_runs_hold_params_metric_histories_artifacts_and_tags(repo, serve
     assert after["lr-1e-3"].info.end_time == runs["lr-1e-3"].info.end_time
 
 
-def test_logged_model_serves_http_predictions(repo, tmp_path):
-    """`mlflow models serve` of runs:/<id>/model answers with the label of every sub-token, as the
-    transformers pipeline on data/model tags them (O included: the tiny model tags most words O)."""
-    from transformers import pipeline
+def test_logged_model_serves_http_predictions(repo, tmp_path, monkeypatch):
+    """The train stage logs a model that `mlflow models serve` runs: runs:/<id>/model answers each text with
+    the entities `nerpipe predict` finds with data/model, and carries the pipeline's window settings.
+    (tests/test_served_model.py checks the model itself, on a model whose entities are known.)"""
+    from bench.serving import nerpipe_predict, serve_model
 
     if not (repo.root / "reports/train/run.json").exists():
         repo.repro()
     run_id = json.loads((repo.root / "reports/train/run.json").read_text())["run_id"]
-    url = f"http://127.0.0.1:{free_port()}"
-    with open(tmp_path / "serve.log", "w") as log:
-        process = start([str(BIN / "mlflow"), "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager",
-                         "local", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1]], log, cwd=repo.root, env=repo.env)
-        try:
-            if not wait_for(f"{url}/ping", process, 180):
-                log_text = (tmp_path / "serve.log").read_text()[-3000:]
-                if "command not found" in log_text or "Return code = 127" in log_text:
-                    pytest.skip(f"mlflow models serve cannot start its web server here:\n{log_text}")
-                pytest.fail(f"mlflow models serve did not answer:\n{log_text}")
-            response = requests.post(f"{url}/invocations", json={"inputs": [SENTENCE]}, timeout=60)
-        finally:
-            stop(process)
+    # As the environment, not download_artifacts(tracking_uri=...): MLflow 3.17 resolves a run's logged model
+    # with the global tracking URI, and finds no model in the default store.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", repo.env["MLFLOW_TRACKING_URI"])
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", repo.env["MLFLOW_TRACKING_URI"])
+    settings = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/artifacts/nerpipe_predict.json",
+                                                   dst_path=str(tmp_path))
+    assert json.loads(Path(settings).read_text()) == {"max_length": 24, "window_overlap": 4, "bf16": "auto"}
+    texts = [SENTENCE, "Reuters: Maria met the U.S. team in Zürich."]
+    # the pipeline's params.yaml (max_length 24) in the working directory, as a user of the repository has it
+    expected = nerpipe_predict(repo.root / "data/model", texts, "--params", str(repo.root / "params.yaml"))
+    with serve_model(f"runs:/{run_id}/model", tmp_path / "serve.log", env=repo.env) as served:
+        response = requests.post(f"{served.url}/invocations", json={"inputs": texts}, timeout=60)
     assert response.status_code == 200, response.text
-    tagger = pipeline("token-classification", model=str(repo.root / "data/model"))
-    expected = ",".join(e["entity"] for e in tagger(SENTENCE, ignore_labels=[]))
-    assert len(expected.split(",")) == len(SENTENCE.split())  # one sub-token per word in the tiny vocabulary
-    assert response.json() == {"predictions": [expected]}
+    assert response.json() == {"predictions": expected}
+    assert all(set(e) == {"text", "type", "start", "end", "score"} for found in expected for e in found)

@@ -18,10 +18,9 @@ import torch
 from safetensors.torch import load_file
 
 from nerpipe.core.errors import Interrupted
-from nerpipe.core.params import SPLITS, PrepareParams, TrainParams
+from nerpipe.core.params import TrainParams
 from nerpipe.core.set_params import set_params
-from nerpipe.data.prepare import prepare_corpus
-from nerpipe.data.prepared import PreparedSplit, read_labels
+from nerpipe.data.prepared import PreparedSplit
 from nerpipe.model.loading import load_for_training
 from nerpipe.train.checkpoints import Checkpoints, run_settings
 from nerpipe.train.loop import DevSet, RunContext, TrainState, dev_scorer, fit
@@ -33,17 +32,7 @@ CFG = TrainParams(epochs=3, batch_size=2, warmup_ratio=0.0, patience=0, checkpoi
 LR = 1e-3
 
 
-# --- in-process: fit() and Checkpoints -------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, fixture_dir, tiny_tokenizer):
-    """The fixtures as the prepare stage writes them under the tiny profile (max_length 24)."""
-    out = tmp_path_factory.mktemp("prepared") / "prepared"
-    prepare_corpus({split: fixture_dir / f"{split}.txt" for split in SPLITS}, tiny_tokenizer,
-                   PrepareParams(max_length=24, window_overlap=4), out)
-    assert read_labels(out) == CONLL_LABELS
-    return out
-
+# --- in-process: fit() and Checkpoints, on `prepared` (conftest.py) --------------------------------
 
 def train(model_dir, prepared, checkpoint_dir, cfg=CFG, settings="tiny", log_metrics=lambda metrics, step: None):
     """fit() as the train stage calls it; returns (state, model, checkpoints)."""
@@ -96,6 +85,7 @@ def test_crash_and_ctrl_c_then_resume_end_exactly_like_the_uninterrupted_run(
     saved = torch.load(tmp_path / "last/state.pt", weights_only=True)["state"]
     assert (saved["step"], saved["epoch"], saved["step_in_epoch"]) == (8, 1, 2)  # mid-epoch
     assert saved["loss_steps"] == 2 and saved["loss_sum"] > 0  # steps 7-8, logged at step 10
+    assert type(saved["loss_sum"]) is float  # fit sums it on the device; the checkpoint holds the number
 
     (tmp_path / ".last.k1ll3d").mkdir()  # the temporary of a save that was killed
     sent = []
@@ -186,14 +176,16 @@ def test_resume_restores_the_best_model_of_the_checkpoint(tiny_model_dir, tmp_pa
 
 def test_run_settings_change_with_the_data_and_name_the_code(prepared):
     train_split, dev = PreparedSplit(prepared, "train"), PreparedSplit(prepared, "valid")
-    settings = run_settings({"lr": 0.001}, train_split.examples, dev.examples)
+    where = {"device": torch.device("cpu"), "bf16": False, "tf32": False}
+    settings = run_settings({"lr": 0.001}, train_split.examples, dev.examples, **where)
     assert settings["lr"] == 0.001 and settings["torch"] == str(torch.__version__)
     assert {f"source of nerpipe.{m}" for m in ("train.loop", "train.checkpoints", "data.batching")} <= set(settings)
-    assert run_settings({"lr": 0.001}, train_split.examples, dev.examples) == settings
+    assert run_settings({"lr": 0.001}, train_split.examples, dev.examples, **where) == settings
     labels = train_split.examples.labels
     labels.values = labels.values.copy()
     labels.values[3] += 1  # the same params over other prepared data
-    assert run_settings({"lr": 0.001}, train_split.examples, dev.examples)["prepared data"] != settings["prepared data"]
+    assert run_settings({"lr": 0.001}, train_split.examples, dev.examples, **where)["prepared data"] != \
+        settings["prepared data"]
 
 
 # --- the real pipeline: `dvc repro` killed, interrupted, re-run ------------------------------------

@@ -142,7 +142,11 @@ class TrainParams:
     checkpoint_every: int = 200
     """Write a resumable checkpoint every N optimizer steps (0: never)."""
     bf16: str = "auto"
-    """bf16 autocast: 'auto' (CUDA, or a CPU with avx512_bf16/AMX), 'on' or 'off'."""
+    """The precision of training and evaluation: 'auto', 'on' or 'off'. 'on' trains under bf16
+    autocast and, on a GPU, lets the matmuls autocast keeps in fp32 use TF32; 'off' is strict IEEE
+    fp32 everywhere (no TF32), the numbers of a plain fp32 transformers run. 'auto' is 'on' where
+    bf16 is native -- a GPU of compute capability 8.0 or later (Ampere on; not T4 or V100), a CPU
+    with avx512_bf16 or AMX -- and 'off' elsewhere."""
 
     def problems(self):
         out = []

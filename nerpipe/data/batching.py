@@ -53,11 +53,19 @@ def sorted_batches(lengths, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def collate(indices, input_ids, pad_id, labels=None, pad_to_multiple_of=1):
-    """Pad the rows `indices` to their own longest length -> dict of (batch, seq_len) tensors."""
+def padded_width(longest, multiple=1, limit=None):
+    """The width a batch whose longest row holds `longest` sub-tokens is padded to: the next multiple of
+    `multiple`, but never past `limit`, the model's max_position_embeddings (a limit that is not a
+    multiple of 8, such as RoBERTa's 514, would otherwise be exceeded), nor below `longest`."""
+    width = -(-longest // multiple) * multiple
+    return max(longest, min(width, limit)) if limit else width
+
+
+def collate(indices, input_ids, pad_id, labels=None, pad_to_multiple_of=1, max_width=None):
+    """Pad the rows `indices` to their own longest length (rounded up to `pad_to_multiple_of`, at most
+    `max_width`: see padded_width) -> dict of (batch, seq_len) tensors."""
     rows = [input_ids.row(i) for i in indices]
-    width = max(len(r) for r in rows)
-    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    width = padded_width(max(len(r) for r in rows), pad_to_multiple_of, max_width)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for j, r in enumerate(rows):

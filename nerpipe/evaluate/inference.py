@@ -5,7 +5,7 @@ import torch
 from tqdm import tqdm
 
 from nerpipe.data.batching import collate, sorted_batches
-from nerpipe.model.device import autocast
+from nerpipe.model.device import autocast, pad_multiple
 
 
 @torch.no_grad()
@@ -18,10 +18,10 @@ def predict_word_labels(model, examples, words_per_sentence, pad_id, batch_size,
     model.eval()
     label_ids = [np.zeros(n, dtype=np.int64) for n in words_per_sentence]
     scores = [np.zeros(n, dtype=np.float32) for n in words_per_sentence]
-    pad_multiple = 8 if device.type == "cuda" else 1
+    multiple, limit = pad_multiple(device), getattr(model.config, "max_position_embeddings", None)
     batches = sorted_batches(examples.input_ids.lengths(), batch_size)
     for indices in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        batch = collate(indices, examples.input_ids, pad_id, pad_to_multiple_of=pad_multiple)
+        batch = collate(indices, examples.input_ids, pad_id, pad_to_multiple_of=multiple, max_width=limit)
         with autocast(device, bf16):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits  # (batch, seq_len, labels)
         probs = torch.softmax(logits.float(), dim=-1)

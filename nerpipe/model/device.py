@@ -1,4 +1,5 @@
-"""Where the model runs and in which precision: the device, bf16 autocast and its `auto` rule."""
+"""Where the model runs and in which precision: the device, bf16 autocast and its `auto` rule, and TF32,
+which follows bf16."""
 
 from contextlib import nullcontext
 
@@ -6,23 +7,39 @@ import torch
 
 
 def pick_device():
-    """CUDA when present (with TF32 for the matmuls that stay fp32 under bf16 autocast), else CPU."""
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """CUDA when present, else CPU. Precision is set apart: use_bf16, then set_tf32."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def use_bf16(setting, device):
-    """'auto': on CUDA, and on CPUs with native bf16 dot products (avx512_bf16 or AMX), where oneDNN's
-    bf16 matmuls run at about twice the fp32 rate (bench/NOTES_bf16.md); elsewhere bf16 is emulated."""
+    """'auto': on CUDA GPUs and CPUs that run bf16 natively -- compute capability 8.0 and later (Ampere
+    on), avx512_bf16 or AMX -- where bf16 matmuls run at about twice the fp32 rate (bench/NOTES_bf16.md).
+    Elsewhere (T4, V100, AVX2) bf16 is emulated, slower than fp32."""
     if setting != "auto":
         return setting == "on"
     if device.type == "cpu":
         capabilities = torch.cpu.get_capabilities()
         return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
-    return device.type == "cuda"
+    if device.type == "cuda":
+        # including_emulation=False: True only where the hardware has bf16 (torch >= 2.4 has the argument)
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return False
+
+
+def set_tf32(device, bf16):
+    """TF32 follows the resolved bf16: on a GPU in bf16, the matmuls autocast leaves in fp32 may use TF32;
+    with bf16 off every matmul is strict IEEE fp32, so `train.bf16: off` gives exactly the numbers of an
+    fp32 transformers pipeline. Sets torch's process-wide flags on CUDA; returns whether TF32 is on."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = bool(bf16)
+    torch.backends.cudnn.allow_tf32 = bool(bf16)  # torch's default is True: off means off for convolutions too
+    return bool(bf16)
+
+
+def pad_multiple(device):
+    """Rows are padded to a multiple of 8 on CUDA, where tensor cores want it; to their own length elsewhere."""
+    return 8 if device.type == "cuda" else 1
 
 
 def autocast(device, enabled):

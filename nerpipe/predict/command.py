@@ -5,8 +5,9 @@
     cat news.txt | nerpipe predict --model runs:/<run_id>/model > entities.jsonl
 
 Each text is split into CoNLL-style words (nerpipe/predict/words.py), windowed exactly as the prepare
-stage does (prepare.max_length / prepare.window_overlap from params.yaml when present) and labelled
-by the code evaluate runs: a word gets the tag of its first sub-token. IOB2 tags become entities
+stage does (with the settings logged with an MLflow model, else prepare.max_length and
+prepare.window_overlap from params.yaml when present) and labelled by the code evaluate runs: a word
+gets the tag of its first sub-token. IOB2 tags become entities
 as conlleval reads them; an entity's score is the mean of its words' softmax scores.
 """
 
@@ -46,12 +47,15 @@ def read_texts(args):
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def window_settings(args):
-    """(max_length, window_overlap, batch_size, bf16 setting): params.yaml (when present), then the flags."""
+def window_settings(args, logged=None):
+    """(max_length, window_overlap, batch_size, bf16 setting), each from the first that gives it: the flags,
+    the settings logged with an MLflow model (`logged`), params.yaml (when present), the defaults."""
     params_path = args.params or (Path("params.yaml") if Path("params.yaml").is_file() else None)
     params = load_params(params_path) if params_path else Params()
-    prepare = PrepareParams(max_length=_either(args.max_length, params.prepare.max_length),
-                            window_overlap=_either(args.window_overlap, params.prepare.window_overlap))
+    logged = logged or {}
+    prepare = PrepareParams(
+        max_length=_either(args.max_length, logged.get("max_length", params.prepare.max_length)),
+        window_overlap=_either(args.window_overlap, logged.get("window_overlap", params.prepare.window_overlap)))
     problems = prepare.problems()
     if problems:
         raise UserError("; ".join(p.replace("prepare.max_length", "--max-length")
@@ -59,7 +63,8 @@ def window_settings(args):
     batch_size = _either(args.batch_size, params.evaluate.batch_size)
     if batch_size < 1:
         raise UserError(f"--batch-size: must be >= 1, got {batch_size}")
-    return prepare.max_length, prepare.window_overlap, batch_size, _either(args.bf16, params.train.bf16)
+    bf16 = _either(args.bf16, logged.get("bf16", params.train.bf16))
+    return prepare.max_length, prepare.window_overlap, batch_size, bf16
 
 
 def _either(flag, param):
@@ -79,40 +84,39 @@ def add_arguments(parser):
                              "lines (default auto: table on a terminal, jsonl otherwise)")
     parser.add_argument("--params", type=Path, help="params.yaml to read prepare.* and evaluate.batch_size from "
                                                     "(default: ./params.yaml when present)")
-    parser.add_argument("--max-length", type=int, help="sub-tokens per window (default: prepare.max_length)")
-    parser.add_argument("--window-overlap", type=int, help="sub-tokens shared by neighbouring windows "
-                                                            "(default: prepare.window_overlap)")
+    parser.add_argument("--max-length", type=int, help="sub-tokens per window (default: what an MLflow model "
+                                                       "logged, else prepare.max_length)")
+    parser.add_argument("--window-overlap", type=int, help="sub-tokens shared by neighbouring windows (default: "
+                                                            "what an MLflow model logged, else prepare.window_overlap)")
     parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: evaluate.batch_size)")
     parser.add_argument("--bf16", choices=["auto", "on", "off"],
-                        help="bf16 autocast (default: train.bf16; 'auto' = CUDA or a CPU with avx512_bf16/AMX); "
-                             "'off' gives scores identical to an fp32 transformers pipeline")
+                        help="bf16 autocast (default: what an MLflow model logged, else train.bf16; 'auto' = CUDA "
+                             "or a CPU with avx512_bf16/AMX); 'off' gives scores identical to an fp32 transformers "
+                             "pipeline")
 
 
 def run(args):
-    # Imported here so that `nerpipe --help` and other commands do not pay for torch and datasets.
+    # Imported here so that `nerpipe --help` and other commands do not pay for torch and transformers.
     from transformers.utils import logging as transformers_logging
 
-    from nerpipe.model.device import pick_device, use_bf16
-    from nerpipe.predict.model_source import load_model_and_tokenizer
+    from nerpipe.predict.model_source import load_trained_model
     from nerpipe.predict.output import write_predictions
-    from nerpipe.predict.text import CHUNK_CHARS, check_labels, predict_lines
+    from nerpipe.predict.text import CHUNK_CHARS, predict_lines, ready_to_tag
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars; ours is the one that matters
     with exit_on_user_error():
-        max_length, overlap, batch_size, bf16_setting = window_settings(args)
+        window_settings(args)  # bad flags or params fail before the model loads
         texts = read_texts(args)
-        model, tokenizer = load_model_and_tokenizer(args.model)
-        check_labels(model.config.id2label, args.model)
+        model, tokenizer, logged = load_trained_model(args.model)
+        max_length, overlap, batch_size, bf16_setting = window_settings(args, logged)
         positions = getattr(model.config, "max_position_embeddings", max_length)
         if max_length > positions:
             raise UserError(f"max_length {max_length} exceeds the model's {positions} positions; "
                             f"use --max-length {positions} or less")
-        tokenizer.model_max_length = int(1e9)  # windows bound the length; silences the tokenizer's too-long warning
-        device = pick_device()
-        model.to(device)
+        device, bf16 = ready_to_tag(model, tokenizer, args.model, bf16_setting)
         fmt = args.format if args.format != "auto" else ("table" if sys.stdout.isatty() else "jsonl")
-        predictions = predict_lines(model, tokenizer, texts, max_length, overlap, batch_size, device,
-                                    use_bf16(bf16_setting, device), progress=sum(map(len, texts)) > CHUNK_CHARS)
+        predictions = predict_lines(model, tokenizer, texts, max_length, overlap, batch_size, device, bf16,
+                                    progress=sum(map(len, texts)) > CHUNK_CHARS)
         write_predictions(predictions, fmt, sys.stdout)
     return 0
 

@@ -2,15 +2,20 @@
 
 Accepted sources:
   - a directory `save_pretrained` wrote (data/model: config.json, model.safetensors, tokenizer files)
-  - an MLflow model of the transformers flavor, as a URI (runs:/<run_id>/model, models:/<name>/<version>,
-    models:/<name>@<alias>, or any artifact URI MLflow resolves) or as a local directory holding its
-    MLmodel file. That flavor keeps the weights in <model>/model/ and the tokenizer in
-    <model>/components/tokenizer/ (names taken from the MLmodel file).
+  - an MLflow model, as a URI (runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias>, or
+    any artifact URI MLflow resolves) or as a local directory holding its MLmodel file:
+      - the Python-function model the train stage logs (nerpipe/predict/pyfunc_model.py): the weights,
+        config and tokenizer in <model>/artifacts/save_pretrained/, the prediction settings it was
+        trained with in <model>/artifacts/nerpipe_predict.json (paths taken from the MLmodel file);
+      - the transformers flavor (what the train stage logged before): the weights in <model>/model/ and
+        the tokenizer in <model>/components/tokenizer/ (names taken from the MLmodel file).
 """
 
+import json
 import re
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from transformers import AutoTokenizer
 
@@ -21,8 +26,15 @@ from nerpipe.model.loading import SAFE, load_config, load_trained
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # runs:/..., models:/..., s3://..., file:///...
 
 
-def load_model_and_tokenizer(source):
-    """(model, fast tokenizer) from a model directory or an MLflow model URI; a UserError otherwise."""
+class TrainedModel(NamedTuple):
+    model: object
+    tokenizer: object
+    settings: dict
+    """The prediction settings logged with the model (max_length, window_overlap, bf16); {} if none were."""
+
+
+def load_trained_model(source):
+    """TrainedModel from a model directory or an MLflow model URI; a UserError otherwise."""
     source = str(source)
     if Path(source).is_dir():
         return _load_local(Path(source), source)
@@ -49,7 +61,8 @@ def _download(uri, destination):
 
 
 def _load_local(directory, source):
-    model_dir, tokenizer_dir = _locate(directory, source)
+    model_dir, tokenizer_dir, settings_file = _locate(directory, source)
+    settings = json.loads(settings_file.read_text()) if settings_file else {}
     load_config(str(model_dir))  # names the model and explains a missing or unusable config
     model = load_trained(model_dir)
     try:
@@ -59,23 +72,30 @@ def _load_local(directory, source):
                         f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
     if not tokenizer.is_fast:
         raise UserError(f"model {source!r}: needs a fast (Rust) tokenizer for word alignment")
-    return model, tokenizer
+    return TrainedModel(model, tokenizer, settings)
 
 
 def _locate(directory, source):
-    """(model directory, tokenizer directory) inside a save_pretrained or MLflow transformers directory."""
+    """(model directory, tokenizer directory, settings file or None) inside a save_pretrained or MLflow
+    model directory."""
     if (directory / "config.json").is_file():
-        return directory, directory
+        return directory, directory, None
     if not (directory / "MLmodel").is_file():
         raise UserError(f"model {source!r}: {directory} holds neither config.json (a save_pretrained "
                         "directory) nor MLmodel (an MLflow model)")
-    flavor = (read_yaml(directory / "MLmodel").get("flavors") or {}).get("transformers")
+    flavors = read_yaml(directory / "MLmodel").get("flavors") or {}
+    artifacts = (flavors.get("python_function") or {}).get("artifacts") or {}
+    if "save_pretrained" in artifacts:  # nerpipe's own Python-function model
+        model_dir = directory / artifacts["save_pretrained"]["path"]
+        settings = artifacts.get("settings")
+        return model_dir, model_dir, directory / settings["path"] if settings else None
+    flavor = flavors.get("transformers")
     if flavor is None:
-        raise UserError(f"model {source!r}: the MLflow model has no transformers flavor; log it with "
-                        "mlflow.transformers.log_model")
+        raise UserError(f"model {source!r}: the MLflow model holds neither a save_pretrained artifact (what the "
+                        "train stage logs) nor a transformers flavor")
     if "model_binary" not in flavor:
         raise UserError(f"model {source!r}: the MLflow model holds no weights (logged with "
                         "save_pretrained=False, a Hugging Face hub reference); log it with save_pretrained=True")
     model_dir = directory / flavor["model_binary"]
     tokenizer_dir = directory / "components" / "tokenizer"
-    return model_dir, tokenizer_dir if tokenizer_dir.is_dir() else model_dir
+    return model_dir, tokenizer_dir if tokenizer_dir.is_dir() else model_dir, None

@@ -13,14 +13,18 @@ import json
 FORMATS = ("jsonl", "table", "conll")
 
 
+def entity_records(prediction):
+    """A LinePrediction's entities as jsonl and the MLflow model give them: scores rounded to 4 digits."""
+    return [{**e, "score": round(e["score"], 4)} for e in prediction.entities()]
+
+
 def write_predictions(predictions, fmt, stream):
     """Write an iterable of LinePrediction to `stream` as it is produced (large inputs stream out)."""
     if fmt == "table":
         stream.write(f"{'line':>6} {'start':>6} {'end':>6}  {'type':<5} {'score':>6}  text\n")
     for line_no, prediction in enumerate(predictions, start=1):
         if fmt == "jsonl":
-            entities = [{**e, "score": round(e["score"], 4)} for e in prediction.entities()]
-            stream.write(json.dumps({"line": line_no, "text": prediction.text, "entities": entities},
+            stream.write(json.dumps({"line": line_no, "text": prediction.text, "entities": entity_records(prediction)},
                                     ensure_ascii=False) + "\n")
         elif fmt == "table":
             for e in prediction.entities():

@@ -4,16 +4,21 @@ run (evaluate, report) do not import the model code.
 """
 
 import json
+import shutil
+import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
+import mlflow.pyfunc
 
+import nerpipe
 from nerpipe.track.runs import _store_lock
 
 
-def log_training(metrics, seconds, data, reports, model, example, register_as=""):
+def log_training(metrics, seconds, data, reports, model, params):
     """Final training numbers, stage wall times, labels.json and the train reports, and the best model
-    as an MLflow transformers model (registered as `register_as` if not empty)."""
+    as an MLflow Python-function model (registered as mlflow.register_model if that is not empty)."""
     with _store_lock():
         mlflow.log_metrics({**{f"train.{k}": float(v) for k, v in metrics.items()},
                             "stage_seconds.prepare": json.loads((data / "stats.json").read_text())["seconds"],
@@ -21,34 +26,41 @@ def log_training(metrics, seconds, data, reports, model, example, register_as=""
         mlflow.log_artifact(str(data / "labels.json"))
         for name in ("metrics.json", "history.csv", "dev_eval.csv"):
             mlflow.log_artifact(str(reports / name), artifact_path="train")
-        _log_model(model, example, register_as)
+        _log_model(model, params, params.mlflow.register_model)
 
 
-def _log_model(model_dir, example, register_as):
-    """A token-classification pipeline with a string-in, string-out signature: its pyfunc answers each
-    sentence with the predicted label of every sub-token, comma-joined ("B-PER,I-PER,O,B-LOC")."""
-    import mlflow.transformers
-    import torch
-    import transformers
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+# What nerpipe/predict/pyfunc_model.py imports where the model is served (nerpipe itself is in the model's code/).
+REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pydantic", "seqeval", "regex", "tqdm",
+                "ruamel.yaml", "mlflow")
 
-    from nerpipe.model.loading import load_tokenizer, load_trained
 
-    # An absolute path: MLflow looks a relative one such as data/model up on the Hugging Face hub, as a
-    # repository id, for its model card and licence (a minute of retries when offline).
-    model_dir = Path(model_dir).resolve()
-    pipeline = transformers.pipeline("token-classification", model=load_trained(model_dir),
-                                     tokenizer=load_tokenizer(str(model_dir)))
-    # Explicit requirements: inferring them would import torchvision, which the flavor's default
-    # list names for every torch model and which this project does not need.
-    requirements = [f"transformers=={transformers.__version__}",
-                    f"torch=={torch.__version__.split('+')[0]}"]
-    # ignore_labels=[] keeps O sub-tokens: by default the pipeline drops them, and MLflow's pyfunc then
-    # fails (IndexError) on a sentence without entities. A signature param with a default rather than
-    # model_config, which log_model would also log as run params.
-    signature = ModelSignature(Schema([ColSpec(DataType.string)]), Schema([ColSpec(DataType.string)]),
-                               params=ParamSchema([ParamSpec("ignore_labels", DataType.string, [], shape=(-1,))]))
-    mlflow.transformers.log_model(
-        pipeline, name="model", task="token-classification", input_example=[example], signature=signature,
-        pip_requirements=requirements, registered_model_name=register_as or None)
+def _log_model(model_dir, params, register_as=""):
+    """`model_dir` (a save_pretrained directory) as runs:/<run_id>/model: a Python-function model whose
+    predict runs nerpipe predict's code (nerpipe/predict/pyfunc_model.py, which describes the layout).
+
+    Nothing is loaded here, so logging costs a copy of the files and stays on the CPU. Hence no input
+    example: MLflow would load the model and run the example through it, on the GPU where there is one.
+    The transformers flavor is not logged beside it: the save_pretrained directory inside serves
+    transformers users, and a second copy of the weights would double the artifact (430 MB for
+    bert-base-cased) for nothing more.
+    """
+    # Files of the package, by path: importing nerpipe.predict here would make the train stage depend on
+    # it, and re-run for every change to the prediction code.
+    package = Path(nerpipe.__file__).parent
+    # The windows the model was trained on, and the precision it trained in ('auto' is resolved where the
+    # model runs). prepare.* shaped data/prepared, a dep of the train stage.
+    settings = {"max_length": params.prepare.max_length, "window_overlap": params.prepare.window_overlap,
+                "bf16": params.train.bf16}
+    with tempfile.TemporaryDirectory(prefix="nerpipe-log-model-") as tmp:
+        # MLflow names each artifact after its source: artifacts/save_pretrained/, artifacts/nerpipe_predict.json.
+        saved = shutil.copytree(model_dir, Path(tmp) / "save_pretrained")
+        settings_file = Path(tmp) / "nerpipe_predict.json"
+        settings_file.write_text(json.dumps(settings, indent=2) + "\n")
+        mlflow.pyfunc.log_model(
+            name="model", python_model=str(package / "predict" / "pyfunc_model.py"), code_paths=[str(package)],
+            artifacts={"save_pretrained": str(saved), "settings": str(settings_file)},
+            pip_requirements=[_pinned(name) for name in REQUIREMENTS], registered_model_name=register_as or None)
+
+
+def _pinned(name):
+    return f"{name}=={version(name).split('+')[0]}"  # 2.13.0+cpu -> 2.13.0: the local tag names no index

@@ -1,7 +1,8 @@
 """Resumable training checkpoints, written atomically, refused when they come from other settings.
 
 Layout under the checkpoint directory (a DVC `persist` output, so `dvc repro` does not wipe it):
-  last/  model.safetensors + state.pt (optimizer, scheduler, RNG states, TrainState, settings)
+  last/  model.safetensors + state.pt (optimizer, scheduler, the CPU RNG and that of the GPU in use,
+         TrainState, settings)
          + best/, hard links to the best model as of that step
   best/  the best model by dev F1 so far, as save_pretrained writes it
 
@@ -25,10 +26,12 @@ from tqdm import tqdm
 from nerpipe.core.atomic import atomic_path
 
 
-def run_settings(params, *examples):
+def run_settings(params, *examples, device, bf16, tf32):
     """Everything that must match for a checkpoint to be resumed, as a flat dict: the params, a digest
     of the prepared data (prepared.WindowedExamples), the source of the nerpipe modules and the
-    script running, and the torch/transformers versions."""
+    script running, the torch/transformers versions, and where and in which precision it trains: the
+    device type and the resolved bf16 and TF32 (`train.bf16: auto` is one param, but bf16 on a GPU
+    and fp32 on a CPU are different runs, and a resumed run must end as an uninterrupted one)."""
     data = hashlib.sha256()
     for split in examples:
         for column in (split.input_ids, split.labels, split.word_index):
@@ -36,7 +39,12 @@ def run_settings(params, *examples):
                 data.update(column.values.tobytes())
                 data.update(column.offsets.tobytes())
     return {**params, "prepared data": data.hexdigest()[:16], **_source_digests(),
-            "torch": str(torch.__version__), "transformers": str(transformers.__version__)}
+            "torch": str(torch.__version__), "transformers": str(transformers.__version__),
+            "device": torch.device(device).type, "bf16 in use": _on_off(bf16), "tf32 in use": _on_off(tf32)}
+
+
+def _on_off(flag):
+    return "on" if flag else "off"
 
 
 def _source_digests():
@@ -66,6 +74,18 @@ def _link_or_copy(src, dst):
         shutil.copy2(src, dst)
 
 
+def _device_of(model):
+    return next(model.parameters()).device
+
+
+def _load_state(path, **kwargs):
+    """state.pt with every tensor on the CPU, wherever it was saved: a checkpoint from a GPU opens on a
+    machine without one (or with fewer GPUs), and load_state_dict moves optimizer state to the
+    parameters' device. weights_only: state.pt holds tensors, numbers and strings; unpickling anything
+    else could run code."""
+    return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+
+
 class Checkpoints:
     def __init__(self, directory, settings):
         self.directory = Path(directory)
@@ -81,17 +101,22 @@ class Checkpoints:
             # was then killed) must not survive a resume that may not reach the same dev F1.
             if self.best_dir.is_dir():
                 shutil.copytree(self.best_dir, tmp / "best", copy_function=_link_or_copy)
-            torch.save({"settings": self.settings, "mlflow_run_id": self.run_id, "state": dataclasses.asdict(state),
+            device = _device_of(model)
+            # loss_sum may be a tensor on the device (fit sums the loss there); saved as the float it reads as
+            progress = dataclasses.asdict(dataclasses.replace(state, loss_sum=float(state.loss_sum)))
+            # The RNG of the GPU in use only: all visible GPUs' (get_rng_state_all) would fail to restore
+            # where fewer are visible, and no other GPU draws numbers for this run.
+            torch.save({"settings": self.settings, "mlflow_run_id": self.run_id, "state": progress,
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
                        tmp / "state.pt")
 
     def saved_run_id(self):
         """The MLflow run id saved with the last checkpoint if resume() will take it (same settings), else
-        None. Cheap: the tensors in state.pt are memory-mapped, not read."""
+        None. Cheap: the tensors in state.pt are memory-mapped on the CPU, not read, and never copied to a GPU."""
         try:
-            saved = torch.load(self.last_dir / "state.pt", weights_only=True, mmap=True)
+            saved = _load_state(self.last_dir / "state.pt", mmap=True)
         except Exception:  # absent or unreadable: resume() starts over
             return None
         return saved.get("mlflow_run_id") if saved.get("settings") == self.settings else None
@@ -110,8 +135,7 @@ class Checkpoints:
             self.discard()  # a stale best/ from another run must not be mistaken for this run's
             return None
         try:
-            # weights_only: state.pt holds tensors, numbers and strings; unpickling anything else could run code
-            saved = torch.load(self.last_dir / "state.pt", weights_only=True)
+            saved = _load_state(self.last_dir / "state.pt")
             weights = load_file(self.last_dir / "model.safetensors")
         except Exception as err:  # truncated, foreign or half-deleted: never worth a crash
             return self._discard_because(f"it cannot be read ({type(err).__name__}: {str(err).splitlines()[0]})")
@@ -122,8 +146,9 @@ class Checkpoints:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
-        if saved["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        device = _device_of(model)
+        if saved["cuda_rng"] is not None and device.type == "cuda":  # the settings hold the device type
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
         if (self.last_dir / "best").is_dir():
             with atomic_path(self.best_dir, is_dir=True) as tmp:
                 shutil.copytree(self.last_dir / "best", tmp, dirs_exist_ok=True, copy_function=_link_or_copy)

@@ -20,7 +20,7 @@ from nerpipe.core.errors import Interrupted
 from nerpipe.data.batching import collate, length_grouped_batches
 from nerpipe.evaluate.inference import predict_tags
 from nerpipe.evaluate.scoring import entity_scores
-from nerpipe.model.device import autocast
+from nerpipe.model.device import autocast, pad_multiple
 
 LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
 
@@ -40,7 +40,7 @@ class TrainState:
     eval_seconds: float = 0.0  # dev evaluations
     sentences_seen: int = 0
     tokens_seen: int = 0
-    loss_sum: float = 0.0  # since the last history row
+    loss_sum: float = 0.0  # since the last history row; during training a float64 tensor on the device
     loss_steps: int = 0
     history: list = field(default_factory=list)  # rows: step, epoch, loss, lr
     dev_evals: list = field(default_factory=list)  # rows: step, epoch, dev_f1, dev_precision, dev_recall
@@ -135,21 +135,32 @@ def train_step(model, group, train, lengths, pad_id, device, bf16):
 
     The loss is summed over labelled tokens and divided by their total count in the whole step, so
     every labelled token weighs the same however the step is split into micro-batches.
+
+    Returns (loss, sentences, sub-tokens); the loss is a 0-dim float64 tensor on `device`: reading it
+    is a host sync that would make the CPU wait for the GPU, so fit reads it only when it logs.
     """
     n_tokens = sum(int((train.labels.row(i) >= 0).sum()) for batch in group for i in batch)
-    pad_multiple = 8 if device.type == "cuda" else 1
-    total = 0.0
+    multiple, limit = pad_multiple(device), getattr(model.config, "max_position_embeddings", None)
+    # float64, the precision of the Python float this used to be summed in: the logged loss is unchanged
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for indices in group:
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(
-            indices, train.input_ids, pad_id, train.labels, pad_multiple).items()}
+            indices, train.input_ids, pad_id, train.labels, multiple, limit).items()}
         labels = batch.pop("labels")
         with autocast(device, bf16):
             logits = model(**batch).logits  # (batch, seq_len, num_labels)
         loss = torch.nn.functional.cross_entropy(
             logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / max(n_tokens, 1)
         loss.backward()
-        total += loss.item()
+        total += loss.detach().double()
     return total, sum(len(b) for b in group), sum(int(lengths[b].sum()) for b in group)
+
+
+def synchronize(device):
+    """Wait for the GPU's queued work before reading the clock: CUDA runs asynchronously, and without
+    this a step's time would be the time to launch its kernels. Nothing to wait for elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def fit(model, train, run):
@@ -175,6 +186,7 @@ def fit(model, train, run):
             groups = [batches[i:i + cfg.grad_accum_steps] for i in range(0, len(batches), cfg.grad_accum_steps)]
             while state.step_in_epoch < len(groups) and not _finished(state, total_steps):
                 model.train()
+                synchronize(run.device)
                 started = time.perf_counter()
                 loss, n_sentences, n_tokens = train_step(model, groups[state.step_in_epoch], train, lengths,
                                                          run.pad_id, run.device, run.bf16)
@@ -183,12 +195,13 @@ def fit(model, train, run):
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                synchronize(run.device)
                 state.train_seconds += time.perf_counter() - started
                 state.step += 1
                 state.step_in_epoch += 1
                 state.sentences_seen += n_sentences
                 state.tokens_seen += n_tokens
-                state.loss_sum += loss
+                state.loss_sum += loss  # stays on the device until _log_loss reads it
                 state.loss_steps += 1
                 end_of_epoch = state.step_in_epoch == len(groups)
                 last = end_of_epoch or state.step >= total_steps
@@ -198,7 +211,8 @@ def fit(model, train, run):
                 if state.step % eval_every == 0 or last:
                     _evaluate(model, state, progress, run)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}" if state.history else "-",
+                                lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                 dev_f1=f"{state.best_dev_f1:.4f}" if state.dev_evals else "-")
                 if end_of_epoch:
                     state.epoch += 1
@@ -221,7 +235,7 @@ def _finished(state, total_steps):
 
 
 def _log_loss(state, epoch, lr, run):
-    loss = state.loss_sum / max(state.loss_steps, 1)
+    loss = float(state.loss_sum) / max(state.loss_steps, 1)  # the one host sync for the loss
     state.history.append({"step": state.step, "epoch": epoch, "loss": round(loss, 6),
                           "lr": lr})
     state.loss_sum, state.loss_steps = 0.0, 0

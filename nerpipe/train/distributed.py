@@ -1,0 +1,108 @@
+"""Several training processes under torchrun (torch.distributed): which one this is, its share of each
+optimizer step, and the few collectives the loop needs.
+
+    torchrun --standalone --nproc-per-node 2 stages/train.py ...      # what train.processes: 2 runs
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process; without them this is one process and
+every function here is a no-op. The model is wrapped in DistributedDataParallel (NCCL on CUDA, gloo
+on CPU), but the batches stay nerpipe's own: every process builds the same batch list from (seed,
+epoch) and takes every size-th sentence of each micro-batch, so the global batch, the number of
+steps and the learning-rate schedule do not depend on the number of processes.
+"""
+
+import datetime
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.size > 1
+
+    def share(self, indices):
+        """This process's sentences of one micro-batch: every size-th, from its rank on. Empty when the
+        micro-batch has fewer sentences than there are processes."""
+        return indices[self.rank::self.size]
+
+    def any(self, flag):
+        """True in every process if it is true in any: a stop request reaches all of them."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)], device=_collective_device())
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def sum(self, value):
+        """The sum over processes of a float (or 0-dim tensor): one step's loss from its shares."""
+        if not self.distributed:
+            return value
+        total = torch.as_tensor(value, dtype=torch.float64).reshape(1).to(_collective_device())
+        dist.all_reduce(total)
+        return total
+
+    def from_main(self, obj):
+        """The main process's `obj` in every process (any picklable value)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=_collective_device())
+        return box[0]
+
+    def gather_to_main(self, obj):
+        """[obj of rank 0, obj of rank 1, ...] in the main process; None elsewhere."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def wrap(self, model):
+        """The model as the training step sees it: DistributedDataParallel over all processes."""
+        if not self.distributed:
+            return model
+        device_ids = [self.local_rank] if next(model.parameters()).device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def no_sync(self, model, last):
+        """DDP's no_sync for every micro-batch of a step but the last: gradients are all-reduced once."""
+        return model.no_sync() if self.distributed and not last else nullcontext()
+
+
+def _collective_device():
+    # gloo reduces CPU tensors, NCCL CUDA tensors
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def init_world(device):
+    """The World torchrun describes, with its process group started (NCCL for CUDA, gloo for CPU);
+    World() for one process. On CUDA each process uses the GPU of its LOCAL_RANK."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World(), device
+    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(world.local_rank)
+        device = torch.device("cuda", world.local_rank)
+    # A rank that dies is noticed by torchrun, which stops the others; the timeout only bounds a
+    # collective that a live but stuck process never joins.
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=10))
+    return world, device
+
+
+def close_world(world):
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,58 @@
+"""fit() on the prepared fixtures in one process, or in several under torchrun, for tests/test_distributed.py:
+
+    python tests/ddp_fit.py MODEL_DIR PREPARED_DIR OUT_DIR [CHECKPOINT_EVERY]
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_fit.py MODEL_DIR PREPARED_DIR OUT_DIR
+
+Writes, from the main process only, OUT_DIR/result.json (the loss of every optimizer step, the dev
+evaluations, the final TrainState) and OUT_DIR/model.safetensors (the trained weights). Dropout is 0:
+with it, N processes would draw other dropout masks than one, and the runs could not be compared.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from nerpipe.core.params import TrainParams
+from nerpipe.data.prepared import PreparedSplit, read_labels
+from nerpipe.model.loading import load_for_training
+from nerpipe.train.checkpoints import Checkpoints
+from nerpipe.train.distributed import close_world, init_world
+from nerpipe.train.loop import DevSet, RunContext, dev_scorer, fit
+
+# The fixtures hold 12 training windows; batches of 11 make each epoch one optimizer step of two
+# micro-batches, 11 windows and 1 (in shuffled order): the first tests DDP's no_sync, and the window
+# alone leaves the second process an empty share.
+CFG = TrainParams(epochs=4, batch_size=11, grad_accum_steps=2, warmup_ratio=0.0, patience=0, dropout=0.0, seed=42,
+                  bf16="off", checkpoint_every=0)
+
+
+def main():
+    model_dir, prepared, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    world, device = init_world(torch.device("cpu"))
+    model = load_for_training(model_dir, read_labels(prepared), CFG.dropout, CFG.seed)
+    train, dev = PreparedSplit(prepared, "train"), PreparedSplit(prepared, "valid")
+    losses = {}
+
+    def log(metrics, step):
+        if "train_loss" in metrics:
+            losses[step] = metrics["train_loss"]
+
+    devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, 8)
+    run = RunContext(CFG, 1e-3, 0, device, False, Checkpoints(out / "checkpoints", "ddp-test"),
+                     dev_scorer(devset, 0, device, False), log, is_main_process=world.is_main, world=world,
+                     log_every=1)
+    state = fit(model, train.examples, run)
+    if world.is_main:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+        (out / "result.json").write_text(json.dumps({
+            "losses": losses, "dev_evals": state.dev_evals, "steps": state.step,
+            "sentences_seen": state.sentences_seen, "tokens_seen": state.tokens_seen,
+            "best_dev_f1": state.best_dev_f1, "history": state.history}))
+    close_world(world)
+
+
+if __name__ == "__main__":
+    main()

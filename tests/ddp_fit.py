@@ -42,7 +42,7 @@ def main():
 
     devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, 8)
     run = RunContext(CFG, 1e-3, 0, device, False, Checkpoints(out / "checkpoints", "ddp-test"),
-                     dev_scorer(devset, 0, device, False), log, is_main_process=world.is_main, world=world,
+                     dev_scorer(devset, 0, device, False), log, world=world,
                      log_every=1)
     state = fit(model, train.examples, run)
     if world.is_main:

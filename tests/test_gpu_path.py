@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.serialization
 
+from nerpipe.core.errors import UserError
 from nerpipe.core.params import TrainParams
 from nerpipe.data.prepared import PreparedSplit
 from nerpipe.model.loading import load_for_training
@@ -131,10 +132,15 @@ def test_a_gpu_checkpoint_is_refused_on_the_cpu_naming_what_differs(tiny_model_d
     gpu_run.save(model, optimizer, scheduler, TrainState(step=4))
     assert Checkpoints(tmp_path, on_gpu).saved_run_id() == "gpu-run"
     assert Checkpoints(tmp_path, on_cpu).saved_run_id() is None  # a new MLflow run, as for any other settings
-    assert Checkpoints(tmp_path, on_cpu).resume(model, optimizer, scheduler) is None
-    assert capsys.readouterr().out == (
-        f"discarding the checkpoint in {tmp_path}: it was written with other settings: bf16 in use on -> off, "
-        "device cuda -> cpu, tf32 in use on -> off; training starts over\n")
+    # Another kind of device is refused and the checkpoint kept: a GPU not seen must not cost the GPU run.
+    with pytest.raises(UserError) as refused:
+        Checkpoints(tmp_path, on_cpu).resume(model, optimizer, scheduler)
+    assert str(refused.value) == (
+        f"{tmp_path}/last: kept, not resumed: it was written with other settings (bf16 in use on -> off, "
+        f"device cuda -> cpu, tf32 in use on -> off); resume it with on cuda, or delete {tmp_path} to train from "
+        "the start")
+    assert (tmp_path / "last" / "state.pt").is_file()
+    assert Checkpoints(tmp_path, on_gpu).saved_run_id() == "gpu-run"
 
 
 # --- 7. no host sync per micro-batch; the step timer waits for the GPU ----------------------------------

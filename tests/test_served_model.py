@@ -17,6 +17,7 @@ import mlflow
 import pytest
 import requests
 import yaml
+from transformers import AutoModelForTokenClassification
 
 from bench.load import load_test
 from bench.serving import raw_texts, serve_model
@@ -36,6 +37,10 @@ TEXTS = [
 ]
 
 
+def no_loading(*args, **kwargs):
+    raise AssertionError("logging the model loaded it")
+
+
 @pytest.fixture(scope="module")
 def logged(tiny_model_dir, tmp_path_factory):
     """{uri, run_id, env, model_dir}: the keyword model logged as the train stage logs it, also registered
@@ -45,6 +50,8 @@ def logged(tiny_model_dir, tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", uri)  # restored afterwards
+        # Logging copies files and loads no model, so it never puts one on a GPU (issue 15, item 9).
+        mp.setattr(AutoModelForTokenClassification, "from_pretrained", no_loading)
         experiment = mlflow.create_experiment("served", artifact_location=str(root / "artifacts"))
         with mlflow.start_run(experiment_id=experiment) as run:
             _log_model(model_dir, Params(), register_as="tiny-ner")

@@ -147,10 +147,15 @@ class TrainParams:
     fp32 everywhere (no TF32), the numbers of a plain fp32 transformers run. 'auto' is 'on' where
     bf16 is native -- a GPU of compute capability 8.0 or later (Ampere on; not T4 or V100), a CPU
     with avx512_bf16 or AMX -- and 'off' elsewhere."""
+    processes: int = 1
+    """Training processes working on each optimizer step (torch.distributed, DDP: one GPU each on
+    CUDA, gloo on CPU). N > 1 runs the train stage under `torchrun --standalone --nproc-per-node N`;
+    under a torchrun started by hand (several machines) it must equal the processes started in all.
+    The global batch, the number of steps and the learning-rate schedule do not depend on it."""
 
     def problems(self):
         out = []
-        positive = ("epochs", "batch_size", "grad_accum_steps")
+        positive = ("epochs", "batch_size", "grad_accum_steps", "processes")
         out += [f"train.{k}: must be >= 1, got {getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         non_negative = ("max_steps", "weight_decay", "warmup_ratio", "max_grad_norm", "eval_every_steps",
                         "patience", "checkpoint_every", "seed")

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from nerpipe.core.atomic import atomic_path
+from nerpipe.core.errors import UserError
 
 
 def run_settings(params, *examples, device, bf16, tf32):
@@ -86,15 +87,21 @@ def _load_state(path, **kwargs):
     return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
 
 
+# Settings that say where a run trains rather than what it trains: a checkpoint that differs in them is refused.
+WORLD_KEYS = ("train.processes", "device")
+
+
 class Checkpoints:
     def __init__(self, directory, settings):
         self.directory = Path(directory)
         self.settings = settings  # run_settings(...); any other value must simply be equal
         self.last_dir = self.directory / "last"
         self.best_dir = self.directory / "best"
+        self.rank_rngs = None  # set by resume(): each process's RNG state, where several trained
         self.run_id = None  # the MLflow run this training logs to; a resume continues it (nerpipe.track.runs)
 
-    def save(self, model, optimizer, scheduler, state):
+    def save(self, model, optimizer, scheduler, state, rank_rngs=None):
+        """rank_rngs: with several processes, each one's CPU RNG state, by rank (the main's is torch_rng)."""
         with atomic_path(self.last_dir, is_dir=True) as tmp:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
             # The best model so far belongs to this checkpoint: a best/ written after it (by a run that
@@ -109,7 +116,8 @@ class Checkpoints:
             torch.save({"settings": self.settings, "mlflow_run_id": self.run_id, "state": progress,
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+                        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                        **({"rank_rngs": rank_rngs} if rank_rngs else {})},
                        tmp / "state.pt")
 
     def saved_run_id(self):
@@ -140,6 +148,7 @@ class Checkpoints:
         except Exception as err:  # truncated, foreign or half-deleted: never worth a crash
             return self._discard_because(f"it cannot be read ({type(err).__name__}: {str(err).splitlines()[0]})")
         if saved.get("settings") != self.settings:
+            self._refuse_other_world(saved.get("settings"))
             return self._discard_because(f"it was written with other settings: "
                                          f"{_differences(saved.get('settings'), self.settings)}")
         model.load_state_dict(weights)
@@ -154,9 +163,23 @@ class Checkpoints:
                 shutil.copytree(self.last_dir / "best", tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
         else:
             shutil.rmtree(self.best_dir, ignore_errors=True)
+        self.rank_rngs = saved.get("rank_rngs")
         state = TrainState(**saved["state"])
         tqdm.write(f"resuming from the checkpoint at step {state.step} (epoch {state.epoch}) in {self.directory}")
         return state
+
+    def _refuse_other_world(self, saved):
+        """A checkpoint written by another number of processes or on another kind of device is kept, not
+        discarded: the usual cause is a launch that went wrong (a GPU not seen, a torchrun flag), and
+        hours of training should not go with it."""
+        if not (isinstance(saved, dict) and isinstance(self.settings, dict)):
+            return
+        keys = [k for k in WORLD_KEYS if saved.get(k) != self.settings.get(k)]
+        if keys:
+            how = [f"{k}={saved.get(k)}" if k != "device" else f"on {saved.get(k)}" for k in keys]
+            raise UserError(f"{self.last_dir}: kept, not resumed: it was written with other settings "
+                            f"({_differences(saved, self.settings)}); resume it with {' and '.join(how)}, "
+                            f"or delete {self.directory} to train from the start")
 
     def _discard_because(self, reason):
         tqdm.write(f"discarding the checkpoint in {self.directory}: {reason}; training starts over")

@@ -12,11 +12,14 @@ steps and the learning-rate schedule do not depend on the number of processes.
 
 import datetime
 import os
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from nerpipe.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,10 @@ class World:
         """The sum over processes of a float (or 0-dim tensor): one step's loss from its shares."""
         if not self.distributed:
             return value
-        total = torch.as_tensor(value, dtype=torch.float64).reshape(1).to(_collective_device())
+        # a copy: all_reduce works in place, and `value` may be the caller's running sum
+        total = torch.as_tensor(value, dtype=torch.float64).detach().reshape(1).to(_collective_device(), copy=True)
         dist.all_reduce(total)
-        return total
+        return total[0]
 
     def from_main(self, obj):
         """The main process's `obj` in every process (any picklable value)."""
@@ -85,6 +89,25 @@ class World:
 def _collective_device():
     # gloo reduces CPU tensors, NCCL CUDA tensors
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def launch(processes):
+    """Make this script run as `processes` processes: under torchrun, check that it started that many;
+    otherwise, for more than one, replace this process by `torchrun --standalone` running the same
+    command line (exec: the process DVC waits for becomes torchrun, which forwards Ctrl-C and SIGTERM
+    to the workers and exits non-zero when any of them fails)."""
+    if "LOCAL_RANK" in os.environ:  # started by torchrun
+        started = int(os.environ["WORLD_SIZE"])
+        if started != processes:
+            raise UserError(f"train.processes is {processes}, but torchrun started {started} processes in all "
+                            f"(WORLD_SIZE); set train.processes={started}, so that dvc.lock and the checkpoints "
+                            "record how the model was trained")
+        return
+    if processes > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc-per-node={processes}", *sys.argv])
 
 
 def init_world(device):

@@ -6,6 +6,7 @@ length-grouped dynamic batches, wastes little on padding. At equal precision it 
 speed (BENCHMARKS.md).
 """
 
+import dataclasses
 import math
 import signal
 import time
@@ -21,6 +22,7 @@ from nerpipe.data.batching import collate, length_grouped_batches
 from nerpipe.evaluate.inference import predict_tags
 from nerpipe.evaluate.scoring import entity_scores
 from nerpipe.model.device import autocast, pad_multiple
+from nerpipe.train.distributed import World
 
 LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
 
@@ -63,7 +65,8 @@ def _ignore(*args):
 class RunContext:
     """What `fit` needs besides the model and the training windows: the settings, where it runs, and
     its side effects as hooks. Every side effect (dev evaluation, checkpoints, metric logging, the
-    progress bar) passes one gate, `_on_main`, so that only the main process performs it."""
+    progress bar) passes one gate, `_on_main`, so that only the main process performs it; what every
+    process must agree on (dev scores, a stop request) comes from the main one or from all of them."""
 
     cfg: object  # params.TrainParams
     lr: float
@@ -73,7 +76,12 @@ class RunContext:
     checkpoints: object  # checkpoints.Checkpoints: resume, save, save_best, finish
     evaluate_dev: Callable  # model -> {"f1", "precision", "recall"}; see dev_scorer
     log_metrics: Callable = _ignore  # ({name: value}, step) -> None
-    is_main_process: bool = True
+    world: World = World()  # the processes training together (distributed.py); one by default
+    log_every: int = LOG_EVERY  # optimizer steps between loss/lr rows
+
+    @property
+    def is_main_process(self):
+        return self.world.is_main
 
 
 def dev_scorer(dev, pad_id, device, bf16):
@@ -130,29 +138,42 @@ def plan_steps(n_examples, cfg):
     return steps_per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
 
 
-def train_step(model, group, train, lengths, pad_id, device, bf16):
+def train_step(model, group, train, lengths, pad_id, device, bf16, world=World()):
     """One optimizer step's forward/backward over `group` (grad-accumulation micro-batches).
 
     The loss is summed over labelled tokens and divided by their total count in the whole step, so
     every labelled token weighs the same however the step is split into micro-batches.
 
-    Returns (loss, sentences, sub-tokens); the loss is a 0-dim float64 tensor on `device`: reading it
-    is a host sync that would make the CPU wait for the GPU, so fit reads it only when it logs.
+    With several processes, each one runs its share of every micro-batch (World.share) and the loss
+    is still divided by the labelled tokens of the whole step, counted here from the step's indices,
+    which every process holds: the same number an all-reduce would give, without one. DDP averages
+    gradients over processes, so each share's loss is scaled by their number to make that average the
+    sum; the gradients are all-reduced once, on the last micro-batch (no_sync on the others).
+
+    Returns (loss, sentences, sub-tokens): this process's part of the step's loss as a 0-dim float64
+    tensor on `device` (reading it is a host sync that would make the CPU wait for the GPU, so fit
+    reads it only when it logs, summed over processes), and the step's sentences and sub-tokens.
     """
     n_tokens = sum(int((train.labels.row(i) >= 0).sum()) for batch in group for i in batch)
-    multiple, limit = pad_multiple(device), getattr(model.config, "max_position_embeddings", None)
+    config = getattr(model, "module", model).config  # under DDP the model is its .module
+    multiple, limit = pad_multiple(device), getattr(config, "max_position_embeddings", None)
     # float64, the precision of the Python float this used to be summed in: the logged loss is unchanged
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for indices in group:
+    for k, indices in enumerate(group):
+        share, weight = world.share(indices), world.size
+        if len(share) == 0:  # every process must join each gradient sync: one window, weighted 0
+            share, weight = indices[:1], 0
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(
-            indices, train.input_ids, pad_id, train.labels, multiple, limit).items()}
+            share, train.input_ids, pad_id, train.labels, multiple, limit).items()}
         labels = batch.pop("labels")
-        with autocast(device, bf16):
-            logits = model(**batch).logits  # (batch, seq_len, num_labels)
-        loss = torch.nn.functional.cross_entropy(
-            logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / max(n_tokens, 1)
-        loss.backward()
-        total += loss.detach().double()
+        with world.no_sync(model, last=k == len(group) - 1):
+            with autocast(device, bf16):
+                logits = model(**batch).logits  # (batch, seq_len, num_labels)
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / max(n_tokens, 1)
+            (loss if weight == 1 else loss * weight).backward()
+        if weight:
+            total += loss.detach().double()
     return total, sum(len(b) for b in group), sum(int(lengths[b].sum()) for b in group)
 
 
@@ -171,11 +192,12 @@ def fit(model, train, run):
     run would: data order is a function of (seed, epoch), and the checkpoint holds everything else
     that changes (weights, optimizer, scheduler, torch RNG, position in the epoch, loss accumulators).
     """
-    cfg, checkpoints = run.cfg, run.checkpoints
+    cfg, checkpoints, world = run.cfg, run.checkpoints, run.world
     optimizer = build_optimizer(model, run.lr, cfg.weight_decay)
     steps_per_epoch, total_steps = plan_steps(len(train), cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    state = checkpoints.resume(model, optimizer, scheduler) or TrainState()
+    state = _resume(model, optimizer, scheduler, run)
+    trained = world.wrap(model)  # DDP (after the resume: it starts every process from the main's weights)
     eval_every = cfg.eval_every_steps or steps_per_epoch
     lengths = train.input_ids.lengths()
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
@@ -188,8 +210,8 @@ def fit(model, train, run):
                 model.train()
                 synchronize(run.device)
                 started = time.perf_counter()
-                loss, n_sentences, n_tokens = train_step(model, groups[state.step_in_epoch], train, lengths,
-                                                         run.pad_id, run.device, run.bf16)
+                loss, n_sentences, n_tokens = train_step(trained, groups[state.step_in_epoch], train, lengths,
+                                                         run.pad_id, run.device, run.bf16, world)
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -206,7 +228,7 @@ def fit(model, train, run):
                 end_of_epoch = state.step_in_epoch == len(groups)
                 last = end_of_epoch or state.step >= total_steps
                 progress = round(state.epoch + state.step_in_epoch / len(groups), 4)  # fractional epoch
-                if state.step % LOG_EVERY == 0 or last:
+                if state.step % run.log_every == 0 or last:
                     _log_loss(state, progress, scheduler.get_last_lr()[0], run)
                 if state.step % eval_every == 0 or last:
                     _evaluate(model, state, progress, run)
@@ -217,9 +239,10 @@ def fit(model, train, run):
                 if end_of_epoch:
                     state.epoch += 1
                     state.step_in_epoch = 0
-                if stop.requested or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
-                    _on_main(run, checkpoints.save, model, optimizer, scheduler, state)
-                if stop.requested:
+                stop_now = world.any(stop.requested)  # a signal to any process stops all of them
+                if stop_now or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
+                    _save_checkpoint(model, optimizer, scheduler, state, run)
+                if stop_now:
                     bar.close()
                     raise Interrupted(f"stopped at step {state.step}; the checkpoint in {checkpoints.directory} "
                                       "resumes on the next `dvc repro`")
@@ -230,12 +253,42 @@ def fit(model, train, run):
     return state
 
 
+def _resume(model, optimizer, scheduler, run):
+    """The main process resumes the last checkpoint (or starts over); the others take its optimizer,
+    scheduler and progress, and their own RNG state. Their weights come from the main's when DDP wraps
+    the model, so the checkpoint need not be on a disk they see."""
+    state = _on_main(run, run.checkpoints.resume, model, optimizer, scheduler)
+    world = run.world
+    if not world.distributed:
+        return state or TrainState()
+    shared = world.from_main(state and {"state": state, "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "rngs": run.checkpoints.rank_rngs})
+    if shared is None:
+        return TrainState()
+    if not world.is_main:
+        optimizer.load_state_dict(shared["optimizer"])
+        scheduler.load_state_dict(shared["scheduler"])
+        state = dataclasses.replace(shared["state"], loss_sum=0.0)  # the main holds the saved sum of all
+    if shared["rngs"]:
+        torch.set_rng_state(shared["rngs"][world.rank])
+    return state
+
+
+def _save_checkpoint(model, optimizer, scheduler, state, run):
+    """Every process calls this: the loss sum and the RNG states of all of them go into the main's save."""
+    world = run.world
+    if world.distributed:
+        state = dataclasses.replace(state, loss_sum=float(world.sum(state.loss_sum)))
+    rngs = world.gather_to_main(torch.get_rng_state()) if world.distributed else None
+    _on_main(run, run.checkpoints.save, model, optimizer, scheduler, state, rngs)
+
+
 def _finished(state, total_steps):
     return state.stopped_early or state.step >= total_steps
 
 
 def _log_loss(state, epoch, lr, run):
-    loss = float(state.loss_sum) / max(state.loss_steps, 1)  # the one host sync for the loss
+    loss = float(run.world.sum(state.loss_sum)) / max(state.loss_steps, 1)  # the one host sync for the loss
     state.history.append({"step": state.step, "epoch": epoch, "loss": round(loss, 6),
                           "lr": lr})
     state.loss_sum, state.loss_steps = 0.0, 0
@@ -244,7 +297,8 @@ def _log_loss(state, epoch, lr, run):
 
 def _evaluate(model, state, epoch, run):
     started = time.perf_counter()
-    scores = _on_main(run, run.evaluate_dev, model)
+    # Only the main process evaluates; every process takes its scores, so all take the same decisions.
+    scores = run.world.from_main(_on_main(run, run.evaluate_dev, model))
     state.eval_seconds += time.perf_counter() - started
     state.dev_evals.append({"step": state.step, "epoch": epoch,
                             "dev_f1": scores["f1"], "dev_precision": scores["precision"],
@@ -258,8 +312,8 @@ def _evaluate(model, state, epoch, run):
         state.evals_since_best += 1
         if run.cfg.patience and state.evals_since_best >= run.cfg.patience:
             state.stopped_early = True
-            tqdm.write(f"early stopping at step {state.step}: dev F1 has not improved for {run.cfg.patience} "
-                       f"evaluations (best {state.best_dev_f1:.4f} at step {state.best_step})")
+            _on_main(run, tqdm.write, f"early stopping at step {state.step}: dev F1 has not improved for "
+                     f"{run.cfg.patience} evaluations (best {state.best_dev_f1:.4f} at step {state.best_step})")
 
 
 def summary(state, total_steps):

@@ -10,6 +10,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,11 +90,30 @@ def test_the_stage_trains_in_two_processes_and_records_once(repo):
     assert len(client.get_metric_history(run.info.run_id, "dev_f1")) == 3  # one evaluation per epoch, once
 
 
+def slowed(repo, tmp_path):
+    """The repository's environment with every training step taking 0.2 s more: the tiny run would
+    otherwise end before a signal sent after its first checkpoint reaches the processes."""
+    hook = tmp_path / "slow"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK'):\n"
+        "    import time\n"
+        "    from nerpipe.train import loop\n"
+        "    real = loop.train_step\n"
+        "    def slow(*args, **kwargs):\n"
+        "        time.sleep(0.2)\n"
+        "        return real(*args, **kwargs)\n"
+        "    loop.train_step = slow\n")
+    repo.env = {**repo.env, "PYTHONPATH": f"{hook}{os.pathsep}{repo.root}"}
+    return repo
+
+
 def test_sigkill_of_one_process_then_repro_resumes_to_the_same_metrics(repo, tmp_path):
     repo, _ = repo
     reference = results(repo)
     log = tmp_path / "killed.log"
-    proc = start_until_checkpoint(repo, log)
+    proc = start_until_checkpoint(slowed(repo, tmp_path), log)
     pids = worker_pids(repo.root)
     assert sorted(pids) == [0, 1], log.read_text()
     os.kill(pids[1], signal.SIGKILL)
@@ -101,6 +121,7 @@ def test_sigkill_of_one_process_then_repro_resumes_to_the_same_metrics(repo, tmp
     assert proc.wait(timeout=120) != 0
     assert time.monotonic() - started < 45, "the other process was not stopped within torchrun's grace time"
     step = checkpoint_step(repo)
+    repo.env["PYTHONPATH"] = str(repo.root)
     result = repo.repro("train")
     assert f"resuming from the checkpoint at step {step} " in result.stdout
     assert {k: v for k, v in results(repo).items() if k != "eval"} == {
@@ -134,11 +155,15 @@ def test_a_failing_process_fails_the_stage_within_seconds(repo, tmp_path):
 
 def test_a_checkpoint_of_two_processes_is_refused_and_kept_by_one(repo, tmp_path):
     repo, _ = repo
-    proc = start_until_checkpoint(repo, tmp_path / "stopped.log")
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=120)
+    shutil.rmtree(repo.root / "data/checkpoints")  # what the failed run above left, so a new one is awaited
+    log = tmp_path / "stopped.log"
+    proc = start_until_checkpoint(slowed(repo, tmp_path), log)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: torchrun passes it on to both processes
+    assert proc.wait(timeout=120) != 0
+    repo.env["PYTHONPATH"] = str(repo.root)
     state = repo.root / "data/checkpoints/last/state.pt"
     saved = torch.load(state, weights_only=True)
+    assert f"stopped at step {saved['state']['step']}; the checkpoint in data/checkpoints resumes" in log.read_text()
     assert len(saved["rank_rngs"]) == 2
     set_params(repo.root / "params.yaml", ["train.processes=1"])
     result = repo.run(*TRAIN_CMD, check=False)

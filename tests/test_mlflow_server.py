@@ -201,7 +201,8 @@ def test_logged_model_serves_http_predictions(repo, tmp_path, monkeypatch):
     monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", repo.env["MLFLOW_TRACKING_URI"])
     settings = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/artifacts/nerpipe_predict.json",
                                                    dst_path=str(tmp_path))
-    assert json.loads(Path(settings).read_text()) == {"max_length": 24, "window_overlap": 4, "bf16": "auto"}
+    assert json.loads(Path(settings).read_text()) == {"max_length": 24, "window_overlap": 4, "context": 0,
+                                                   "bf16": "auto"}
     texts = [SENTENCE, "Reuters: Maria met the U.S. team in Zürich."]
     # the pipeline's params.yaml (max_length 24) in the working directory, as a user of the repository has it
     expected = nerpipe_predict(repo.root / "data/model", texts, "--params", str(repo.root / "params.yaml"))

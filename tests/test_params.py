@@ -176,7 +176,7 @@ def test_flatten():
     assert "data.sha256" not in flat and "train" not in flat
     assert flat["data.remote_files.valid"] == "eng.testa" and flat["data.local_files.test"] == "test.txt"
     # lr, data (source + 3 remote_files + 3 local_files + 3 sha256), model, prepare, train, ...
-    assert len(flat) == 1 + 10 + 1 + 4 + 15 + 1 + 2
+    assert len(flat) == 1 + 10 + 1 + 5 + 15 + 1 + 2
     assert all(not isinstance(v, dict) for v in flat.values())
 
 

@@ -91,7 +91,7 @@ def test_logged_model_holds_code_save_pretrained_settings_and_entity_signature(l
     assert {k: v["path"] for k, v in flavor["artifacts"].items()} == {
         "save_pretrained": "artifacts/save_pretrained", "settings": "artifacts/nerpipe_predict.json"}
     assert json.loads((local / "artifacts/nerpipe_predict.json").read_text()) == {
-        "max_length": 128, "window_overlap": 32, "bf16": "auto"}
+        "max_length": 128, "window_overlap": 32, "context": 0, "bf16": "auto"}
     output = json.loads(mlmodel["signature"]["outputs"])
     assert output[0]["type"] == "array" and output[0]["items"]["properties"] == {
         "text": {"type": "string", "required": True}, "type": {"type": "string", "required": True},

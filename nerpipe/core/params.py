@@ -100,6 +100,10 @@ class PrepareParams:
     """Label later sub-tokens of a word with its I- label instead of -100 (run_ner.py's flag)."""
     max_train_sentences: int = 0
     """Use only the first N training sentences (0: all); for quick profiles."""
+    context: int = 0
+    """Document context: sub-tokens of the neighbouring sentences of the same document put before and after
+    each sentence (labelled -100, never scored): up to this many on each side, as far as max_length leaves
+    room after the sentence (0: sentence-level). A file without -DOCSTART- lines is one document."""
 
     def problems(self):
         out = []
@@ -108,6 +112,8 @@ class PrepareParams:
         if not 0 <= self.window_overlap <= self.max_length // 2:
             out.append(f"prepare.window_overlap: {self.window_overlap} must be in 0..max_length/2 "
                        f"({self.max_length // 2})")
+        if self.context < 0:
+            out.append(f"prepare.context: must be >= 0 (0 is sentence-level), got {self.context}")
         if self.max_train_sentences < 0:
             out.append("prepare.max_train_sentences: must be >= 0 (0 means all)")
         return out

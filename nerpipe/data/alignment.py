@@ -5,6 +5,13 @@ label; special tokens and later sub-tokens get -100 (ignored by the loss), or, w
 `label_all_tokens`, the word's I- label. Unlike run_ner.py nothing is truncated: a sentence longer
 than `max_length` sub-tokens becomes several windows that share `overlap` sub-tokens of context,
 and each word is *owned* (labelled for training, read back at prediction) by exactly one window.
+
+With `context` > 0 (FLERT-style document context) the first window of a sentence is preceded by up to
+`context` sub-tokens of the sentences before it in the same document, and its last window is followed
+by up to `context` sub-tokens of the sentences after it. The sentence comes first: context only fills
+the room its windows leave under `max_length`, split evenly between the two sides. Context sub-tokens
+get label -100 and word_index -1, so they are never trained on or scored, and it never crosses a
+document boundary (a change of `doc_id`).
 """
 
 IGNORE = -100
@@ -75,13 +82,46 @@ def special_affixes(tokenizer):
     return full[:start], full[start + len(plain):]
 
 
-def build_examples(batch, tokenizer, label2id, max_length, overlap, label_all_tokens):
-    """`datasets.map(batched=True)` function: sentences in, one row per window out."""
+def document_context(per_sentence, doc_ids, size):
+    """(left, right) sub-token ids per sentence: up to `size` sub-tokens of the sentences just before and
+    just after it in the same document (consecutive equal `doc_ids`), in text order."""
+    flat = [[token_id for pieces in sentence for token_id in pieces] for sentence in per_sentence]
+    left, right = [], []
+    for i, doc in enumerate(doc_ids):
+        before, j = [], i - 1
+        while j >= 0 and doc_ids[j] == doc and len(before) < size:
+            before = flat[j] + before
+            j -= 1
+        after, j = [], i + 1
+        while j < len(flat) and doc_ids[j] == doc and len(after) < size:
+            after += flat[j]
+            j += 1
+        left.append(before[len(before) - size:] if len(before) > size else before)
+        right.append(after[:size])
+    return left, right
+
+
+def split_room(room, want_left, want_right):
+    """Sub-tokens of context (left, right) that fit in `room`: each side up to half, or more if the other
+    side needs less."""
+    left = min(want_left, max(room // 2, room - want_right))
+    return left, min(want_right, room - left)
+
+
+def build_examples(batch, tokenizer, label2id, max_length, overlap, label_all_tokens, context=0):
+    """`datasets.map(batched=True)` function: sentences in, one row per window out.
+
+    With `context` > 0 the batch needs a `doc_id` column and must hold whole documents (prepare passes
+    the whole split as one batch): a sentence's context comes from its neighbours in the batch.
+    """
     prefix, suffix = special_affixes(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     out = {"input_ids": [], "labels": [], "word_index": [], "sentence_id": [], "length": []}
     per_sentence = word_subtokens(tokenizer, batch["words"])
-    for sentence_id, tags, pieces in zip(batch["sentence_id"], batch["tags"], per_sentence):
+    n = len(per_sentence)
+    lefts, rights = document_context(per_sentence, batch["doc_id"], context) if context else ([[]] * n, [[]] * n)
+    for sentence_id, tags, pieces, left, right in zip(batch["sentence_id"], batch["tags"], per_sentence,
+                                                      lefts, rights):
         counts = [min(len(p), budget) for p in pieces]
         for start, end, own_start, own_end in plan_windows(counts, budget, overlap):
             ids, labels, word_index = [], [], []
@@ -96,6 +136,13 @@ def build_examples(batch, tokenizer, label2id, max_length, overlap, label_all_to
                     else:
                         labels.append(label2id[to_inside(tags[w])] if label_all_tokens else IGNORE)
                     word_index.append(w if owned and k == 0 else -1)
+            if left or right:
+                n_left, n_right = split_room(budget - len(ids), len(left) if start == 0 else 0,
+                                             len(right) if end == len(pieces) else 0)
+                before, after = left[len(left) - n_left:] if n_left else [], right[:n_right]
+                ids = before + ids + after
+                labels = [IGNORE] * n_left + labels + [IGNORE] * n_right
+                word_index = [-1] * n_left + word_index + [-1] * n_right
             # Special tokens carry no label and no word.
             out["input_ids"].append(prefix + ids + suffix)
             out["labels"].append([IGNORE] * len(prefix) + labels + [IGNORE] * len(suffix))

@@ -54,17 +54,27 @@ def prepare_split(sentences, tokenizer, labels, cfg, out_dir):
         "tags": [s.tags for s in sentences],
     })
     label2id = {label: i for i, label in enumerate(labels)}
-    examples = table.map(build_examples, batched=True, batch_size=1000, remove_columns=table.column_names,
-                         fn_kwargs={"tokenizer": tokenizer, "label2id": label2id, "max_length": cfg.max_length,
-                                    "overlap": cfg.window_overlap, "label_all_tokens": cfg.label_all_tokens},
-                         desc=f"tokenize {out_dir.name}")
+    fn_kwargs = {"tokenizer": tokenizer, "label2id": label2id, "max_length": cfg.max_length,
+                 "overlap": cfg.window_overlap, "label_all_tokens": cfg.label_all_tokens}
+    batch_size = 1000
+    if cfg.context:
+        # Context reads a sentence's neighbours, so each batch must hold whole documents: one batch per split.
+        # (At 0 the call is left exactly as before, so the prepared data stays byte-identical.)
+        fn_kwargs["context"], batch_size = cfg.context, None
+    examples = table.map(build_examples, batched=True, batch_size=batch_size, remove_columns=table.column_names,
+                         fn_kwargs=fn_kwargs, desc=f"tokenize {out_dir.name}")
     table.save_to_disk(str(out_dir / "sentences"))
     examples.save_to_disk(str(out_dir / "examples"))
     n_words = sum(len(s.words) for s in sentences)
     windows_per_sentence = Counter(examples["sentence_id"])
     special = sum(map(len, special_affixes(tokenizer)))
     subtokens = sum(examples["length"]) - special * len(examples)
-    return {"sentences": len(sentences), "words": n_words, "windows": len(examples),
-            "sentences_windowed": sum(1 for n in windows_per_sentence.values() if n > 1),
-            "subtokens_per_word": round(subtokens / max(n_words, 1), 4),
-            "label_counts": dict(sorted(Counter(t for s in sentences for t in s.tags).items()))}
+    stats = {"sentences": len(sentences), "words": n_words, "windows": len(examples),
+             "sentences_windowed": sum(1 for n in windows_per_sentence.values() if n > 1),
+             "subtokens_per_word": round(subtokens / max(n_words, 1), 4),
+             "label_counts": dict(sorted(Counter(t for s in sentences for t in s.tags).items()))}
+    if cfg.context:
+        # subtokens_per_word above counts the context too; the mean input length is what costs speed.
+        stats["documents"] = len(set(table["doc_id"]))
+        stats["mean_window_length"] = round(sum(examples["length"]) / max(len(examples), 1), 2)
+    return stats

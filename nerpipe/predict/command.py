@@ -9,6 +9,10 @@ stage does (with the settings logged with an MLflow model, else prepare.max_leng
 prepare.window_overlap from params.yaml when present) and labelled by the code evaluate runs: a word
 gets the tag of its first sub-token. IOB2 tags become entities
 as conlleval reads them; an entity's score is the mean of its words' softmax scores.
+
+A model trained with document context (prepare.context > 0, recorded with an MLflow model) reads each
+text as one document: split into sentences after `.`, `!` and `?`, each tagged with its neighbours as
+context, as in training and evaluation. --context overrides it (0: each text one sequence).
 """
 
 import argparse
@@ -67,6 +71,18 @@ def window_settings(args, logged=None):
     return prepare.max_length, prepare.window_overlap, batch_size, bf16
 
 
+def context_setting(args, logged=None):
+    """Sub-tokens of document context: --context, else what an MLflow model logged, else prepare.context of
+    params.yaml (when present), else 0."""
+    params_path = args.params or (Path("params.yaml") if Path("params.yaml").is_file() else None)
+    params = load_params(params_path) if params_path else Params()
+    context = _either(args.context, (logged or {}).get("context", params.prepare.context))
+    if context < 0:
+        raise UserError(f"--context: must be >= 0 (0: each text is one sequence), got {context}")
+    window_settings(args, logged)  # and the window flags are checked too
+    return context
+
+
 def _either(flag, param):
     return param if flag is None else flag
 
@@ -88,6 +104,9 @@ def add_arguments(parser):
                                                        "logged, else prepare.max_length)")
     parser.add_argument("--window-overlap", type=int, help="sub-tokens shared by neighbouring windows (default: "
                                                             "what an MLflow model logged, else prepare.window_overlap)")
+    parser.add_argument("--context", type=int, help="sub-tokens of document context around each sentence of a "
+                                                     "text (default: what an MLflow model logged, else "
+                                                     "prepare.context; 0: each text is one sequence)")
     parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: evaluate.batch_size)")
     parser.add_argument("--bf16", choices=["auto", "on", "off"],
                         help="bf16 autocast (default: what an MLflow model logged, else train.bf16; 'auto' = CUDA "
@@ -105,10 +124,11 @@ def run(args):
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars; ours is the one that matters
     with exit_on_user_error():
-        window_settings(args)  # bad flags or params fail before the model loads
+        context_setting(args)  # bad flags or params fail before the model loads
         texts = read_texts(args)
         model, tokenizer, logged = load_trained_model(args.model)
         max_length, overlap, batch_size, bf16_setting = window_settings(args, logged)
+        context = context_setting(args, logged)
         positions = getattr(model.config, "max_position_embeddings", max_length)
         if max_length > positions:
             raise UserError(f"max_length {max_length} exceeds the model's {positions} positions; "
@@ -116,7 +136,7 @@ def run(args):
         device, bf16 = ready_to_tag(model, tokenizer, args.model, bf16_setting)
         fmt = args.format if args.format != "auto" else ("table" if sys.stdout.isatty() else "jsonl")
         predictions = predict_lines(model, tokenizer, texts, max_length, overlap, batch_size, device, bf16,
-                                    progress=sum(map(len, texts)) > CHUNK_CHARS)
+                                    progress=sum(map(len, texts)) > CHUNK_CHARS, context=context)
         write_predictions(predictions, fmt, sys.stdout)
     return 0
 

@@ -30,7 +30,7 @@ class TrainedModel(NamedTuple):
     model: object
     tokenizer: object
     settings: dict
-    """The prediction settings logged with the model (max_length, window_overlap, bf16); {} if none were."""
+    """The prediction settings logged with the model (max_length, window_overlap, context, bf16); {} if none were."""
 
 
 def load_trained_model(source):

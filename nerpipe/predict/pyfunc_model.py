@@ -16,7 +16,7 @@ from the server, not a text "None") and describes the output. The logged model d
                             this code even where another nerpipe is installed
   artifacts/save_pretrained/   the trained model (config, safetensors weights, tokenizer): transformers
                                and `nerpipe predict --model` load it as it is
-  artifacts/nerpipe_predict.json   the windows of the training data and train.bf16 (see trained_model.py)
+  artifacts/nerpipe_predict.json   the windows and context of the training data and train.bf16 (see trained_model.py)
 
 The model runs on CUDA when there is a GPU (CUDA_VISIBLE_DEVICES= keeps it on the CPU), with bf16
 autocast as train.bf16 says for that device.
@@ -54,6 +54,7 @@ class EntityTagger(PythonModel):
         self.model, self.tokenizer, _ = load_trained_model(directory)
         self.device, self.bf16 = ready_to_tag(self.model, self.tokenizer, directory, settings["bf16"])
         self.max_length, self.window_overlap = settings["max_length"], settings["window_overlap"]
+        self.context = settings.get("context", 0)  # models logged before prepare.context were sentence-level
         self.batch_size = EvaluateParams.batch_size  # windows per forward pass: nerpipe predict's default
         # The server runs each request in a thread of its own. One forward pass at a time already uses
         # every core, and a fast tokenizer must not be called from two threads at once.
@@ -62,7 +63,8 @@ class EntityTagger(PythonModel):
     def predict(self, model_input: list[str], params=None) -> list[list[Entity]]:
         with self.lock:
             predictions = predict_lines(self.model, self.tokenizer, model_input, self.max_length,
-                                        self.window_overlap, self.batch_size, self.device, self.bf16)
+                                        self.window_overlap, self.batch_size, self.device, self.bf16,
+                                        context=self.context)
             return [entity_records(prediction) for prediction in predictions]
 
 

@@ -3,6 +3,10 @@
 A word gets the tag of its first sub-token (as in training and evaluation); IOB2 tags become
 entities the way conlleval reads them (seqeval's get_entities: an I-X after O starts an entity);
 an entity's score is the mean of its words' softmax scores.
+
+With document context (`context` > 0, prepare.context) a text is one document: its words are split into
+sentences (split_sentences) and each sentence is tagged with its neighbours as context, as prepare
+builds them for training and evaluation. At 0 a text is one sequence, windowed if long, as before.
 """
 
 import sys
@@ -45,8 +49,26 @@ class LinePrediction:
         return out
 
 
-def tag_words(model, tokenizer, sentences_words, max_length, overlap, batch_size, device, bf16=False):
-    """Label ids and scores per word (lists of arrays), through the same windows prepare builds."""
+SENTENCE_END = frozenset({".", "!", "?"})
+
+
+def split_sentences(words):
+    """[start, end) word ranges of the sentences of a word list: a sentence ends after a run of `.`, `!` or
+    `?` words (CoNLL-style words keep the dot of U.S. or Mr. inside, so those do not end one)."""
+    ranges, start = [], 0
+    for i, word in enumerate(words):
+        if word in SENTENCE_END and (i + 1 == len(words) or words[i + 1] not in SENTENCE_END):
+            ranges.append((start, i + 1))
+            start = i + 1
+    if start < len(words):
+        ranges.append((start, len(words)))
+    return ranges
+
+
+def tag_words(model, tokenizer, sentences_words, max_length, overlap, batch_size, device, bf16=False,
+              context=0, doc_ids=None):
+    """Label ids and scores per word (lists of arrays), through the same windows prepare builds. With
+    `context` > 0, `doc_ids` gives each sentence's document, in document order as prepare reads them."""
     keep = [i for i, words in enumerate(sentences_words) if words]
     label_ids = [np.zeros(0, dtype=np.int64) for _ in sentences_words]
     scores = [np.zeros(0, dtype=np.float32) for _ in sentences_words]
@@ -55,7 +77,9 @@ def tag_words(model, tokenizer, sentences_words, max_length, overlap, batch_size
     kept = [sentences_words[i] for i in keep]
     # Dummy 'O' tags: build_examples wants labels; prediction reads only input_ids and word_index.
     batch = {"sentence_id": list(range(len(kept))), "words": kept, "tags": [["O"] * len(w) for w in kept]}
-    rows = build_examples(batch, tokenizer, {"O": 0}, max_length, overlap, label_all_tokens=False)
+    if context:
+        batch["doc_id"] = [doc_ids[i] for i in keep]
+    rows = build_examples(batch, tokenizer, {"O": 0}, max_length, overlap, label_all_tokens=False, context=context)
     examples = WindowRows(rows)
     kept_ids, kept_scores = predict_word_labels(model, examples, [len(w) for w in kept], tokenizer.pad_token_id,
                                                 batch_size, device, bf16, progress=False)
@@ -114,17 +138,38 @@ def cast_linear_layers_for_bf16(model):
     return model
 
 
-def predict_lines(model, tokenizer, texts, max_length, overlap, batch_size, device, bf16=False, progress=False):
+def predict_lines(model, tokenizer, texts, max_length, overlap, batch_size, device, bf16=False, progress=False,
+                  context=0):
     """Yield one LinePrediction per text, in input order, running the model on chunks of texts."""
     id2label = model.config.id2label
     with tqdm(total=len(texts), desc="predict", unit="line", disable=not progress, file=sys.stderr) as bar:
         for chunk in _chunks(texts, CHUNK_CHARS):
             spans = [split_words(text) for text in chunk]
             words = [[text[s:e] for s, e in sp] for text, sp in zip(chunk, spans)]
-            label_ids, scores = tag_words(model, tokenizer, words, max_length, overlap, batch_size, device, bf16)
+            if context:
+                label_ids, scores = _tag_documents(model, tokenizer, words, max_length, overlap, batch_size,
+                                                   device, bf16, context)
+            else:
+                label_ids, scores = tag_words(model, tokenizer, words, max_length, overlap, batch_size, device,
+                                              bf16)
             for text, sp, ids, sc in zip(chunk, spans, label_ids, scores):
                 yield LinePrediction(text, sp, [id2label[int(i)] for i in ids], sc)
             bar.update(len(chunk))
+
+
+def _tag_documents(model, tokenizer, documents_words, max_length, overlap, batch_size, device, bf16, context):
+    """tag_words over the sentences of each document (one per text), joined back into one array per text."""
+    ranges = [split_sentences(words) for words in documents_words]
+    sentences = [words[s:e] for words, rs in zip(documents_words, ranges) for s, e in rs]
+    doc_ids = [d for d, rs in enumerate(ranges) for _ in rs]
+    ids, scores = tag_words(model, tokenizer, sentences, max_length, overlap, batch_size, device, bf16,
+                            context=context, doc_ids=doc_ids)
+    out_ids, out_scores, k = [], [], 0
+    for rs in ranges:
+        out_ids.append(np.concatenate([np.zeros(0, dtype=np.int64), *ids[k:k + len(rs)]]))
+        out_scores.append(np.concatenate([np.zeros(0, dtype=np.float32), *scores[k:k + len(rs)]]))
+        k += len(rs)
+    return out_ids, out_scores
 
 
 def _chunks(texts, max_chars):

@@ -47,10 +47,10 @@ def _log_model(model_dir, params, register_as=""):
     # Files of the package, by path: importing nerpipe.predict here would make the train stage depend on
     # it, and re-run for every change to the prediction code.
     package = Path(nerpipe.__file__).parent
-    # The windows the model was trained on, and the precision it trained in ('auto' is resolved where the
+    # The windows and document context the model was trained on, and the precision it trained in ('auto' is resolved where the
     # model runs). prepare.* shaped data/prepared, a dep of the train stage.
     settings = {"max_length": params.prepare.max_length, "window_overlap": params.prepare.window_overlap,
-                "bf16": params.train.bf16}
+                "context": params.prepare.context, "bf16": params.train.bf16}
     with tempfile.TemporaryDirectory(prefix="nerpipe-log-model-") as tmp:
         # MLflow names each artifact after its source: artifacts/save_pretrained/, artifacts/nerpipe_predict.json.
         saved = shutil.copytree(model_dir, Path(tmp) / "save_pretrained")

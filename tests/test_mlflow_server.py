@@ -18,6 +18,7 @@ import requests
 import torch
 from mlflow import MlflowClient
 
+from bench.serving import wait_for
 from nerpipe.core.params import flatten, load_params, read_yaml
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 
@@ -31,19 +32,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(url, process, seconds):
-    """True once `url` answers 200; False if `process` exits first or time runs out."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return True
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    return False
 
 
 def start(command, log, **kwargs):

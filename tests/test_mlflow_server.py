@@ -4,7 +4,6 @@ pipeline run by DVC with MLFLOW_TRACKING_URI pointing at it, everything read bac
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import requests
 import torch
 from mlflow import MlflowClient
 
-from bench.serving import wait_for
+from bench.serving import stop, wait_for
 from nerpipe.core.params import flatten, load_params, read_yaml
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 
@@ -37,15 +36,6 @@ def free_port():
 def start(command, log, **kwargs):
     """A process in its own group, so that stopping it also stops the uvicorn it starts."""
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
-
-
-def stop(process):
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @pytest.fixture(scope="module")

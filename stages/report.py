@@ -14,9 +14,17 @@ import pandas as pd
 
 from nerpipe.core.atomic import atomic_path, write_text
 from nerpipe.core.errors import exit_on_user_error
+from nerpipe.core.params import load_params
 from nerpipe.data.conll import read_predictions
 from nerpipe.report.error_analysis import summarize
-from nerpipe.report.render import errors_section, headline_table, plot_confusion, plot_learning_curve, timings_table
+from nerpipe.report.render import (
+    errors_section,
+    headline_table,
+    method_line,
+    plot_confusion,
+    plot_learning_curve,
+    timings_table,
+)
 from nerpipe.track import runs as tracking
 
 
@@ -26,6 +34,7 @@ def main():
     parser.add_argument("--eval", type=Path, required=True, help="evaluate stage output directory")
     parser.add_argument("--stats", type=Path, required=True, help="prepare stage stats.json")
     parser.add_argument("--out", type=Path, required=True, help="report.md to write")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="for train.method")
     parser.add_argument("--figures", type=Path, required=True, help="directory for the PNG figures")
     args = parser.parse_args()
     with exit_on_user_error():
@@ -42,7 +51,7 @@ def main():
         rel = os.path.relpath(args.figures, args.out.parent)  # image links relative to report.md
         errors = summarize(*read_predictions(args.eval / "predictions_test.conll"))
         write_text(args.out, "\n\n".join([
-            "# NER report", headline_table(metrics),
+            "# NER report", headline_table(metrics), method_line(load_params(args.params).train.method, train),
             f"Training: {train['steps']} optimizer steps, {train['epochs_completed']} epoch(s), best dev F1 "
             f"{train['best_dev_f1']:.4f} at step {train['best_step']}, {train['train_sentences_per_second']} "
             "sentences/s.",

@@ -21,11 +21,13 @@ from nerpipe.core.errors import Interrupted, exit_on_user_error
 from nerpipe.core.params import flatten, load_params
 from nerpipe.data.prepared import PreparedSplit, read_labels
 from nerpipe.model.device import pick_device, set_tf32, use_bf16
-from nerpipe.model.loading import count_parameters, load_for_training, load_tokenizer, set_trainable
+from nerpipe.model.loading import count_parameters, load_for_training, load_tokenizer
+from nerpipe.model.methods import prepare_for_training
 from nerpipe.track import runs as tracking
 from nerpipe.track.trained_model import log_training
 from nerpipe.train.checkpoints import Checkpoints, run_settings
 from nerpipe.train.distributed import close_world, init_world, launch
+from nerpipe.train.footprint import footprint
 from nerpipe.train.loop import DevSet, RunContext, dev_scorer, fit, plan_steps, summary
 
 
@@ -57,8 +59,8 @@ def train(args, params, world, device, started):
     # An unreachable tracking server fails here, in seconds, before the model loads.
     experiment_id = tracking.connect(params.mlflow.experiment) if world.is_main else None
     labels = read_labels(args.data)
-    model = load_for_training(params.model.name, labels, params.train.dropout, params.train.seed)
-    set_trainable(model, params.train.trainable_layers())
+    model = prepare_for_training(load_for_training(params.model.name, labels, params.train.dropout, params.train.seed),
+                                 params.train, params.prepare.max_length)
     tokenizer = load_tokenizer(params.model.name)
     bf16 = use_bf16(params.train.bf16, device)
     tf32 = set_tf32(device, bf16)
@@ -73,7 +75,8 @@ def train(args, params, world, device, started):
     steps_per_epoch, total_steps = plan_steps(len(train_split.examples), params.train)
     if world.is_main:
         print(f"device {device} (bf16 {'on' if bf16 else 'off'}, TF32 {'on' if tf32 else 'off'}) x {world.size} "
-              f"process(es), {trainable:,} of {total:,} parameters train, {total_steps} optimizer steps")
+              f"process(es), method {params.train.method}: {trainable:,} of {total:,} parameters train "
+              f"({100 * trainable / total:.2f}%), {total_steps} optimizer steps")
     recording = (tracking.training_run(experiment_id, params, checkpoints, device, args.data) if world.is_main
                  else nullcontext())
     with recording as run:
@@ -90,7 +93,7 @@ def train(args, params, world, device, started):
         for name, rows in (("history.csv", state.history), ("dev_eval.csv", state.dev_evals)):
             with atomic_path(args.reports / name) as tmp:
                 pd.DataFrame(rows).to_csv(tmp, index=False)
-        metrics = summary(state, total_steps)
+        metrics = {**summary(state, total_steps), **footprint(model, device, args.model_out)}
         write_json(args.reports / "metrics.json", metrics)
         log_training(metrics, time.perf_counter() - started, args.data, args.reports, args.model_out, params)
         tracking.write_run_file(args.reports / "run.json", run)  # last: evaluate and report resume this run

@@ -219,14 +219,14 @@ def test_params_problems_are_all_in_one_message(tmp_path):
     path = tmp_path / "params.yaml"
     text = (PROJECT / "params.yaml").read_text()
     text = text.replace("lr: 5.0e-05", "lr: 0").replace("  batch_size: 32", "  batch_size: 0\n  epoch: 3")
-    path.write_text(text.replace("  dropout: 0.1", "  dropout: high"))
+    path.write_text(text.replace("  dropout: 0.1", "  dropout: high", 1))  # train's, not train.lora's
     code, out, err = run_stage_process("check_params.py", path, cwd=tmp_path)
     assert code == 2 and out == "" and "Traceback" not in err
     assert err == (f"error: {path} has 4 problem(s):\n"
                    "  - train.epoch: unknown key; did you mean train.epochs? (valid keys: train.epochs, "
                    "train.max_steps, train.batch_size, train.grad_accum_steps, train.weight_decay, "
-                   "train.warmup_ratio, train.dropout, train.max_grad_norm, train.seed, train.trainable, "
-                   "train.eval_every_steps, train.patience, train.checkpoint_every, train.bf16, train.processes)\n"
+                   "train.warmup_ratio, train.dropout, train.max_grad_norm, train.seed, train.method, train.top_layers, "
+                   "train.lora, train.adapter, train.prompt, train.eval_every_steps, train.patience, train.checkpoint_every, train.bf16, train.processes)\n"
                    "  - train.dropout: expected a number, got 'high'\n"
                    "  - lr: must be > 0, got 0.0\n"
                    "  - train.batch_size: must be >= 1, got 0\n")

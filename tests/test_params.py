@@ -36,13 +36,13 @@ def test_pyyaml_safe_load_reads_3e_05_as_a_string():
 
 def test_defaults_and_values_read(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("lr: 1\ntrain:\n  batch_size: 8\n  trainable: top-2\nprepare:\n  label_all_tokens: true\n"
+    path.write_text("lr: 1\ntrain:\n  batch_size: 8\n  method: lora\n  lora: {r: 4}\nprepare:\n  label_all_tokens: true\n"
                     "data:\n  source: /data/conll\n  sha256: {train: %s, valid: %s, test: %s}\n"
                     % (SHA["train"], SHA["valid"], SHA["test"]))
     params = load_params(path)
     assert params.lr == 1.0 and type(params.lr) is float  # an int where a float is expected is fine
     assert params.train.batch_size == 8 and params.train.epochs == 3
-    assert params.train.trainable_layers() == 2
+    assert params.train.method == "lora" and params.train.lora.r == 4 and params.train.lora.alpha == 16
     assert params.prepare.label_all_tokens is True and params.prepare.max_length == 128
     assert params.data.source == "/data/conll" and params.data.sha256 == SHA
     # The CoNLL-2003 file names are the defaults, not constants: another corpus sets its own.
@@ -97,7 +97,11 @@ def test_wrong_type(raw, message):
     (valid_raw(lr=-1e-5), "lr: must be > 0, got -1e-05"),
     (valid_raw(train={"batch_size": 0}), "train.batch_size: must be >= 1, got 0"),
     (valid_raw(train={"dropout": 1.0}), "train.dropout: must be in [0, 1), got 1.0"),
-    (valid_raw(train={"trainable": "top-0"}), "train.trainable: 'top-0' is not 'all', 'head' or 'top-N'"),
+    (valid_raw(train={"method": "top-2"}), "train.method: 'top-2' is not one of full, top_layers, head, bitfit"),
+    (valid_raw(train={"top_layers": 0}), "train.top_layers: must be >= 1, got 0"),
+    (valid_raw(train={"lora": {"dropout": 1.5}}), "train.lora.dropout: must be in [0, 1), got 1.5"),
+    (valid_raw(train={"lora": {"rank": 4}}), "train.lora.rank: unknown key"),
+    (valid_raw(train={"prompt": {"virtual_tokens": 0}}), "train.prompt.virtual_tokens: must be >= 1, got 0"),
     (valid_raw(prepare={"max_length": 4}), "prepare.max_length: 4 is out of range 8..8192"),
     (valid_raw(prepare={"max_length": 16, "window_overlap": 9}),
      "prepare.window_overlap: 9 must be in 0..max_length/2 (8)"),
@@ -175,8 +179,10 @@ def test_flatten():
     assert flat["data.sha256.valid"] == "b" * 64
     assert "data.sha256" not in flat and "train" not in flat
     assert flat["data.remote_files.valid"] == "eng.testa" and flat["data.local_files.test"] == "test.txt"
-    # lr, data (source + 3 remote_files + 3 local_files + 3 sha256), model, prepare, train, ...
-    assert len(flat) == 1 + 10 + 1 + 5 + 15 + 1 + 2
+    # lr, data (source + 3 remote_files + 3 local_files + 3 sha256), model, prepare, train (16 of its own,
+    # lora 4, adapter 2, prompt 1), evaluate, mlflow
+    assert len(flat) == 1 + 10 + 1 + 5 + 16 + 4 + 2 + 1 + 1 + 2
+    assert flat["train.lora.target_modules"] == "auto" and flat["train.prompt.virtual_tokens"] == 20
     assert all(not isinstance(v, dict) for v in flat.values())
 
 

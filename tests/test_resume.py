@@ -190,7 +190,8 @@ def test_run_settings_change_with_the_data_and_name_the_code(prepared):
 
 # --- the real pipeline: `dvc repro` killed, interrupted, re-run ------------------------------------
 
-TIMING = ("train_seconds", "dev_eval_seconds", "train_sentences_per_second", "train_subtokens_per_second")
+TIMING = ("train_seconds", "dev_eval_seconds", "train_sentences_per_second", "train_subtokens_per_second",
+          "peak_rss_mib")  # and the memory the process happened to reach
 TRAIN_CMD = ("dvc", "repro", "--force", "--single-item", "train")
 
 
@@ -238,6 +239,14 @@ def checkpoint_step(repo):
     return torch.load(repo.root / "data/checkpoints/last/state.pt", weights_only=True)["state"]["step"]
 
 
+def killed_after_a_checkpoint(repo, log):
+    """SIGKILL the train stage under `dvc repro` once it wrote a checkpoint; the checkpoint's step."""
+    proc = start_until_checkpoint(repo, log)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc, the shell and the stage: the machine died
+    proc.wait()
+    return checkpoint_step(repo)
+
+
 def test_same_seed_gives_identical_metrics(repo, reference):
     first = repo.run(*TRAIN_CMD)
     assert "resuming" not in first.stdout  # the finished run left no checkpoint to "resume"
@@ -247,10 +256,7 @@ def test_same_seed_gives_identical_metrics(repo, reference):
 
 
 def test_sigkill_mid_run_then_repro_resumes_with_identical_metrics(repo, reference, tmp_path):
-    proc = start_until_checkpoint(repo, tmp_path / "killed.log")
-    os.killpg(proc.pid, signal.SIGKILL)  # dvc, the shell and the stage: the machine died
-    proc.wait()
-    step = checkpoint_step(repo)
+    step = killed_after_a_checkpoint(repo, tmp_path / "killed.log")
     assert 2 <= step < 18
     result = repo.repro("evaluate")
     assert PipelineRepo.stages_run(result) == ["train", "evaluate"]
@@ -275,9 +281,7 @@ def test_ctrl_c_stops_after_a_checkpoint_and_repro_resumes(repo, reference, tmp_
 
 
 def test_checkpoint_from_other_params_is_discarded_and_another_seed_changes_metrics(repo, reference, tmp_path):
-    proc = start_until_checkpoint(repo, tmp_path / "killed.log")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed_after_a_checkpoint(repo, tmp_path / "killed.log")
     set_params(repo.root / "params.yaml", ["train.seed=7"])
     try:
         result = repo.repro("evaluate")

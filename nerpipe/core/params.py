@@ -120,6 +120,62 @@ class PrepareParams:
 
 
 @dataclass
+class LoraParams:
+    """train.method lora (peft)."""
+
+    r: int = 8
+    """Rank of each update B·A."""
+    alpha: int = 16
+    """Scaling: the update is multiplied by alpha / r."""
+    dropout: float = 0.1
+    """Dropout on the LoRA branch's input."""
+    target_modules: str = "auto"
+    """'auto': peft's defaults for the model type (query and value for BERT-family models); else module
+    names, comma-separated, each matching every module whose name ends with it (e.g. query,key,value,dense)."""
+
+    def problems(self):
+        out = [f"train.lora.{k}: must be >= 1, got {getattr(self, k)}" for k in ("r", "alpha") if getattr(self, k) < 1]
+        if not 0 <= self.dropout < 1:
+            out.append(f"train.lora.dropout: must be in [0, 1), got {self.dropout}")
+        if not self.target_modules.strip(" ,"):
+            out.append("train.lora.target_modules: must be 'auto' or module names, e.g. query,value")
+        return out
+
+
+@dataclass
+class AdapterParams:
+    """train.method adapter (bottleneck adapters, nerpipe/model/methods/bottleneck.py)."""
+
+    size: int = 64
+    """Bottleneck width of each adapter."""
+    target_modules: str = "output.dense"
+    """Linear layers an adapter follows, by name ending, comma-separated. The default matches, in BERT,
+    RoBERTa, ELECTRA and DeBERTa, each layer's attention output projection and feed-forward output
+    (attention.output.dense, output.dense): Houlsby et al.'s two places."""
+
+    def problems(self):
+        out = [] if self.size >= 1 else [f"train.adapter.size: must be >= 1, got {self.size}"]
+        if not self.target_modules.strip(" ,"):
+            out.append("train.adapter.target_modules: must name linear layers, e.g. output.dense")
+        return out
+
+
+@dataclass
+class PromptParams:
+    """train.method prompt (peft prompt tuning)."""
+
+    virtual_tokens: int = 20
+    """Trainable prompt embeddings put before every input (they take positions: max_length + this must fit)."""
+
+    def problems(self):
+        v = self.virtual_tokens
+        return [] if v >= 1 else [f"train.prompt.virtual_tokens: must be >= 1, got {v}"]
+
+
+METHODS = ("full", "top_layers", "head", "bitfit", "lora", "adapter", "prompt")
+
+
+@dataclass
 class TrainParams:
     epochs: int = 3
     """Passes over the training data (an upper bound when max_steps or early stopping ends first)."""
@@ -139,8 +195,15 @@ class TrainParams:
     """Gradient clipping norm (0: no clipping)."""
     seed: int = 42
     """Seeds the head initialisation, dropout and data order."""
-    trainable: str = "all"
-    """Which parameters train: 'all', 'head' (classifier only) or 'top-N' (head + top N layers)."""
+    method: str = "full"
+    """How the model is fine-tuned (the head always trains): full (every weight), top_layers (the top
+    `top_layers` encoder layers), head (the head only), bitfit (every bias), lora, adapter or prompt
+    (each with its settings below). See nerpipe/model/methods/ and README "Fine-tuning methods"."""
+    top_layers: int = 2
+    """train.method top_layers: how many encoder layers, counted from the top, train."""
+    lora: LoraParams = field(default_factory=LoraParams)
+    adapter: AdapterParams = field(default_factory=AdapterParams)
+    prompt: PromptParams = field(default_factory=PromptParams)
     eval_every_steps: int = 0
     """Evaluate dev F1 every N optimizer steps (0: once per epoch)."""
     patience: int = 2
@@ -170,20 +233,15 @@ class TrainParams:
             out.append(f"train.dropout: must be in [0, 1), got {self.dropout}")
         if self.warmup_ratio > 1:
             out.append(f"train.warmup_ratio: must be in [0, 1], got {self.warmup_ratio}")
-        if self.trainable_layers() is None:
-            out.append(f"train.trainable: {self.trainable!r} is not 'all', 'head' or 'top-N' (e.g. top-2)")
+        if self.method not in METHODS:
+            out.append(f"train.method: {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.top_layers < 1:
+            out.append(f"train.top_layers: must be >= 1, got {self.top_layers}")
+        out += self.lora.problems() + self.adapter.problems() + self.prompt.problems()
         if self.bf16 not in ("auto", "on", "off"):
             out.append(f"train.bf16: {self.bf16!r} is not 'auto', 'on' or 'off'")
         return out
 
-    def trainable_layers(self):
-        """Encoder layers to train counted from the top: 'all' -> -1, 'head' -> 0, 'top-N' -> N, bad -> None."""
-        if self.trainable == "all":
-            return -1
-        if self.trainable == "head":
-            return 0
-        prefix, _, n = self.trainable.partition("-")
-        return int(n) if prefix == "top" and n.isdigit() and int(n) > 0 else None
 
 
 @dataclass
@@ -242,6 +300,11 @@ def _coerce(value, tp):
     return value, isinstance(value, tp)
 
 
+# Keys of earlier releases, with what replaced them.
+RENAMED = {"train.trainable": "replaced by train.method (all -> full, head -> head, top-N -> top_layers with "
+                              "train.top_layers: N)"}
+
+
 def _build(cls, raw, prefix, problems):
     """Build dataclass `cls` from mapping `raw`, appending a message per bad key to `problems`."""
     hints = typing.get_type_hints(cls)
@@ -253,6 +316,7 @@ def _build(cls, raw, prefix, problems):
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(prefix + n for n in near)}?" if near else ""
+            hint = f"; {RENAMED[prefix + key]}" if prefix + key in RENAMED else hint
             problems.append(f"{prefix}{key}: unknown key{hint} (valid keys: {', '.join(prefix + n for n in names)})")
     values = {}
     for name in names:

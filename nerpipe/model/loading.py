@@ -84,24 +84,19 @@ def load_for_training(name, labels, dropout, seed):
 
 
 def load_trained(directory):
+    """The model the train stage saved; an adapter that could not be merged (train.method adapter or
+    prompt) is put back on it (nerpipe/model/methods)."""
+    from nerpipe.model.methods import attach_saved_adapter
+
     try:
-        return AutoModelForTokenClassification.from_pretrained(directory, use_safetensors=True, **SAFE)
+        model = AutoModelForTokenClassification.from_pretrained(directory, use_safetensors=True, **SAFE)
     except (OSError, ValueError) as err:
         raise _explain(str(directory), err) from None
-
-
-def set_trainable(model, top_layers):
-    """top_layers: -1 trains everything, 0 only the classifier head, N the head and the top N layers."""
-    if top_layers < 0:
-        return
-    for p in model.base_model.parameters():
-        p.requires_grad = False
-    layers = model.base_model.encoder.layer
-    for layer in list(layers)[len(layers) - top_layers:] if top_layers else []:
-        for p in layer.parameters():
-            p.requires_grad = True
+    return attach_saved_adapter(model, directory)
 
 
 def count_parameters(model):
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameters of the model that is trained and saved. peft keeps an untrained copy
+    of the head beside the trained one (`original_module` of modules_to_save); it is not counted."""
+    params = [p for name, p in model.named_parameters() if ".original_module." not in name]
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

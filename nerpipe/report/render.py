@@ -65,6 +65,16 @@ def headline_table(metrics):
     return "\n".join(rows)
 
 
+def method_line(method, train):
+    """What the fine-tuning method trained and what it cost, from reports/train/metrics.json."""
+    gpu = f", peak GPU memory {train['peak_gpu_mib']:,.0f} MiB" if "peak_gpu_mib" in train else ""
+    adapter = f"; adapter {train['adapter_mib']:.2f} MiB" if train["adapter_mib"] else ""
+    return (f"Fine-tuning method **{method}**: {train['trainable_parameters']:,} of {train['total_parameters']:,} "
+            f"parameters trained ({train['trainable_percent']:.2f}%){adapter}; AdamW state "
+            f"{train['optimizer_state_mib']:.1f} MiB; peak RSS {train['peak_rss_mib']:,.0f} MiB{gpu}; "
+            f"{train['train_sentences_per_second']} sentences/s.")
+
+
 def errors_section(summary):
     lines = []
     for kind in summary:

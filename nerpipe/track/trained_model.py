@@ -13,6 +13,7 @@ import mlflow
 import mlflow.pyfunc
 
 import nerpipe
+from nerpipe.model.methods import ADAPTER_DIR
 from nerpipe.track.runs import _store_lock
 
 
@@ -26,12 +27,14 @@ def log_training(metrics, seconds, data, reports, model, params):
         mlflow.log_artifact(str(data / "labels.json"))
         for name in ("metrics.json", "history.csv", "dev_eval.csv"):
             mlflow.log_artifact(str(reports / name), artifact_path="train")
+        if (model / ADAPTER_DIR).is_dir():  # the small part that trained (train.method lora, adapter, prompt)
+            mlflow.log_artifacts(str(model / ADAPTER_DIR), artifact_path=ADAPTER_DIR)
         _log_model(model, params, params.mlflow.register_model)
 
 
 # What nerpipe/predict/pyfunc_model.py imports where the model is served (nerpipe itself is in the model's code/).
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pydantic", "seqeval", "regex", "tqdm",
-                "ruamel.yaml", "mlflow")
+                "ruamel.yaml", "mlflow", "peft")
 
 
 def _log_model(model_dir, params, register_as=""):

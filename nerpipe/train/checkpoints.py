@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_model
 from tqdm import tqdm
 
 from nerpipe.core.atomic import atomic_path
 from nerpipe.core.errors import UserError
+from nerpipe.model.methods import save_trained
 
 
 def run_settings(params, *examples, device, bf16, tf32):
@@ -103,7 +104,9 @@ class Checkpoints:
     def save(self, model, optimizer, scheduler, state, rank_rngs=None):
         """rank_rngs: with several processes, each one's CPU RNG state, by rank (the main's is torch_rng)."""
         with atomic_path(self.last_dir, is_dir=True) as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+            # save_model writes a tensor that several names share once (peft's prompt tuning holds the word
+            # embeddings under two names); load_model restores every name.
+            save_model(model, str(tmp / "model.safetensors"), force_contiguous=True)
             # The best model so far belongs to this checkpoint: a best/ written after it (by a run that
             # was then killed) must not survive a resume that may not reach the same dev F1.
             if self.best_dir.is_dir():
@@ -131,7 +134,7 @@ class Checkpoints:
 
     def save_best(self, model):
         with atomic_path(self.best_dir, is_dir=True) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
+            save_trained(model, tmp)
 
     def resume(self, model, optimizer, scheduler):
         """Load the last checkpoint into model/optimizer/scheduler; return its TrainState, or None."""
@@ -144,14 +147,14 @@ class Checkpoints:
             return None
         try:
             saved = _load_state(self.last_dir / "state.pt")
-            weights = load_file(self.last_dir / "model.safetensors")
+            load_file(self.last_dir / "model.safetensors")  # readable: a truncated file fails here
         except Exception as err:  # truncated, foreign or half-deleted: never worth a crash
             return self._discard_because(f"it cannot be read ({type(err).__name__}: {str(err).splitlines()[0]})")
         if saved.get("settings") != self.settings:
             self._refuse_other_world(saved.get("settings"))
             return self._discard_because(f"it was written with other settings: "
                                          f"{_differences(saved.get('settings'), self.settings)}")
-        model.load_state_dict(weights)
+        load_model(model, str(self.last_dir / "model.safetensors"))
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])

@@ -41,6 +41,7 @@ class TrainState:
     train_seconds: float = 0.0  # optimizer steps only: dev evaluations and checkpoints excluded
     eval_seconds: float = 0.0  # dev evaluations
     sentences_seen: int = 0
+    optimizer_state_bytes: int = 0  # AdamW's moments: 8 bytes per trainable fp32 parameter, read at the end
     tokens_seen: int = 0
     loss_sum: float = 0.0  # since the last history row; during training a float64 tensor on the device
     loss_steps: int = 0
@@ -249,6 +250,8 @@ def fit(model, train, run):
                 if end_of_epoch:
                     break
     bar.close()
+    state.optimizer_state_bytes = sum(t.numel() * t.element_size() for per_param in optimizer.state.values()
+                                      for t in per_param.values() if torch.is_tensor(t))
     _on_main(run, checkpoints.finish)
     return state
 
@@ -322,5 +325,6 @@ def summary(state, total_steps):
             "best_dev_f1": state.best_dev_f1, "best_step": state.best_step, "stopped_early": state.stopped_early,
             "train_seconds": round(state.train_seconds, 3), "dev_eval_seconds": round(state.eval_seconds, 3),
             "train_sentences_per_second": round(state.sentences_seen / max(state.train_seconds, 1e-9), 2),
-            "train_subtokens_per_second": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)}
+            "train_subtokens_per_second": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1),
+            "optimizer_state_mib": round(state.optimizer_state_bytes / 2**20, 3)}
 

@@ -1,6 +1,6 @@
 """train.method in the pipeline: `dvc exp run -S train.method=lora` re-runs train and what follows only,
 and every stage after it reads the result; a crash mid-epoch resumes exactly for the PEFT methods, in
-process (lora, adapter, prompt) and as the real `dvc repro` after SIGKILL (lora)."""
+process (bitfit, lora, adapter, prompt) and as the real `dvc repro` after SIGKILL (lora)."""
 
 import json
 
@@ -40,7 +40,7 @@ def train(model_dir, prepared, checkpoint_dir, method, log_metrics=lambda metric
     return state, model, checkpoints
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter", "prompt"])
+@pytest.mark.parametrize("method", ["bitfit", "lora", "adapter", "prompt"])
 def test_crash_mid_epoch_then_resume_ends_like_the_uninterrupted_run(tiny_model_dir, prepared, tmp_path, method):
     ref_state, ref_model, ref_checkpoints = train(tiny_model_dir, prepared, tmp_path / "ref", method)
 
@@ -58,7 +58,9 @@ def test_crash_mid_epoch_then_resume_ends_like_the_uninterrupted_run(tiny_model_
     assert all(torch.equal(t, reference[k]) for k, t in model.state_dict().items())
     best, ref_best = checkpoints.best_dir, ref_checkpoints.best_dir
     assert sorted(p.name for p in best.rglob("*")) == sorted(p.name for p in ref_best.rglob("*"))
-    for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
+    weights = sorted(p.relative_to(ref_best) for p in ref_best.rglob("*.safetensors"))
+    assert len(weights) == (1 if method == "bitfit" else 2)  # model.safetensors (+ adapter/adapter_model.safetensors)
+    for name in weights:
         a, b = load_file(best / name), load_file(ref_best / name)
         assert all(torch.equal(a[k], b[k]) for k in b)
 

@@ -36,9 +36,11 @@ def methods_table(runs):
     rows = ["| run | method | lr | trainable parameters | % | adapter MiB | AdamW state MiB | s / epoch | "
             "sentences/s | peak RSS MiB | dev F1 (strict) | test F1 (strict) |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    best = set(whole.loc[whole.groupby("train.method")["dev.conlleval.f1"].idxmax(), "run_id"])
     for _, r in whole.sort_values(["train.trainable_parameters", "lr"], ascending=[False, True]).iterrows():
+        name = f"**`{r['tags.mlflow.runName']}`**" if r["run_id"] in best else f"`{r['tags.mlflow.runName']}`"
         rows.append(
-            f"| `{r['tags.mlflow.runName']}` | {r['train.method']} | {r['lr']:g} | {int(r['train.trainable_parameters']):,} | "
+            f"| {name} | {r['train.method']} | {r['lr']:g} | {int(r['train.trainable_parameters']):,} | "
             f"{r['train.trainable_percent']:.2f} | {r['train.adapter_mib']:.2f} | {r['train.optimizer_state_mib']:.1f} | "
             f"{r['train.train_seconds'] / r['train.epochs_completed']:.0f} | {r['train.train_sentences_per_second']:.1f} | "
             f"{r['train.peak_rss_mib']:,.0f} | {100 * r['dev.conlleval.f1']:.2f} ({100 * r['dev.strict.f1']:.2f}) | "
@@ -65,6 +67,8 @@ def plot_methods(runs, path):
 
 def plot_learning_curve(runs, path):
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    longer = runs[(runs["train.method"] == "full") & (runs["train.epochs"].astype(int) > 3)]
+    runs = runs[runs["train.epochs"].astype(int) == 3]
     for method, color in (("full", "tab:blue"), ("lora", "tab:orange")):
         curve = runs[runs["train.method"] == method]
         if method == "lora":  # the learning-curve runs' rate, on every size
@@ -73,10 +77,14 @@ def plot_learning_curve(runs, path):
         for split, style in (("test", "-o"), ("dev", "--o")):
             ax.plot(curve["sentences"], 100 * curve[f"{split}.conlleval.f1"], style, color=color,
                     label=f"{method} ({split})")
+    if not longer.empty:
+        longer = longer.sort_values("sentences")
+        ax.plot(longer["sentences"], 100 * longer["test.conlleval.f1"], "s", color="tab:green",
+                label="full, more epochs (test): " + ", ".join(longer["tags.mlflow.runName"]))
     ax.set_xscale("log")
     ax.set_xlabel("training sentences (log scale)")
     ax.set_ylabel("F1 (conlleval)")
-    ax.set_title("F1 by training-set size, 3 epochs (MiniLM)")
+    ax.set_title("F1 by training-set size (MiniLM; lines: 3 epochs)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -96,11 +104,14 @@ def main():
     plot_methods(runs, args.out / "methods-f1.png")
     plot_learning_curve(runs, args.out / "learning-curve-train-size.png")
     print(f"\nwrote {args.out / 'methods-f1.png'} and {args.out / 'learning-curve-train-size.png'}")
-    print("\n| run | method | lr | training sentences | dev F1 | test F1 |\n|---|---|---:|---:|---:|---:|")
-    curve = runs[runs["train.method"].isin(["full", "lora"])].sort_values(["train.method", "sentences", "lr"])
+    print("\n| run | method | lr | training sentences | epochs | optimizer steps | dev F1 | test F1 |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|")
+    curve = runs[runs["train.method"].isin(["full", "lora"])].sort_values(["train.method", "sentences", "lr",
+                                                                           "train.steps"])
     for _, r in curve.iterrows():
         print(f"| `{r['tags.mlflow.runName']}` | {r['train.method']} | {r['lr']:g} | {r['sentences']:,} | "
-              f"{100 * r['dev.conlleval.f1']:.2f} | {100 * r['test.conlleval.f1']:.2f} |")
+              f"{r['train.epochs_completed']:.0f} | {r['train.steps']:.0f} | {100 * r['dev.conlleval.f1']:.2f} | "
+              f"{100 * r['test.conlleval.f1']:.2f} |")
 
 
 if __name__ == "__main__":

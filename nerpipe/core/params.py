@@ -172,7 +172,7 @@ class PromptParams:
         return [] if v >= 1 else [f"train.prompt.virtual_tokens: must be >= 1, got {v}"]
 
 
-METHODS = ("full", "top_layers", "head", "bitfit", "lora", "adapter", "prompt")
+METHODS = ("full", "top_layers", "head", "bitfit", "lora", "adapter", "prompt")  # nerpipe/model/methods/ has one module per family
 
 
 @dataclass

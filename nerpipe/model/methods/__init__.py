@@ -29,7 +29,6 @@ from nerpipe.core.errors import UserError
 
 METHOD_FILE = "nerpipe_method.json"
 ADAPTER_DIR = "adapter"
-METHODS = ("full", "top_layers", "head", "bitfit", "lora", "adapter", "prompt")
 UNMERGEABLE = {"adapter": "bottleneck", "prompt": "prompt"}  # method -> its module here
 
 

@@ -1,5 +1,7 @@
 """LoRA by peft: trainable low-rank updates B·A beside frozen linear weights, merged into them when saved."""
 
+import copy
+
 from peft import LoraConfig, TaskType, get_peft_model
 
 from nerpipe.core.errors import UserError
@@ -24,6 +26,4 @@ def wrap(model, cfg):
 
 def merged_copy(model):
     """A plain transformers model with the LoRA updates merged into its weights; `model` is left as it is."""
-    import copy
-
     return copy.deepcopy(model).merge_and_unload()

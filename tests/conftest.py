@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.tiny_model import build_tiny_model  # noqa: E402
+from tests.tiny_model import FAMILIES, build_tiny_family, build_tiny_model  # noqa: E402
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures"
 CONLL_LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
@@ -44,6 +44,14 @@ def fixture_sha256(fixture_dir):
 def tiny_model_dir(tmp_path_factory):
     """A BertForTokenClassification with the 9 CoNLL labels and its tokenizer, written once per run."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"), labels=CONLL_LABELS)
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family_model_dir(request, tmp_path_factory):
+    """One tiny random base encoder (no head) per family, with a tokenizer of its kind, written once per run:
+    (family, directory). Tests taking it run once per family."""
+    family = request.param
+    return family, build_tiny_family(tmp_path_factory.mktemp(f"tiny-{family}"), family)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ get label -100 and word_index -1, so they are never trained on or scored, and it
 document boundary (a change of `doc_id`).
 """
 
+import bisect
+
 IGNORE = -100
 
 
@@ -72,6 +74,26 @@ def word_subtokens(tokenizer, sentences_words):
                 pieces.append(tokenizer.unk_token_id)
         out.append(per_word)
     return out
+
+
+def running_text_subtokens(tokenizer, words):
+    """Sub-token ids per word from tokenizing the words joined by single spaces, as running text, each
+    sub-token given to a word through its character offsets: what `word_subtokens` must agree with.
+
+    A sub-token belongs to the word holding its first non-space character; one of spaces only (byte-level
+    BPE's lone `Ġ`, SentencePiece's lone `▁`) marks the start of the word after it.
+    """
+    text, starts, position = " ".join(words), [], 0
+    for word in words:
+        starts.append(position)
+        position += len(word) + 1
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    per_word = [[] for _ in words]
+    for token_id, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        visible = [i for i in range(start, end) if not text[i].isspace()]
+        at = visible[0] if visible else end
+        per_word[bisect.bisect_right(starts, at) - 1].append(token_id)
+    return per_word
 
 
 def special_affixes(tokenizer):

@@ -60,13 +60,64 @@ def check_max_length(max_length, model_name, tokenizer):
 
 def load_tokenizer(name):
     load_config(name)  # fail on a wrong model before any data work, with the name in the message
+    return fit_for_words(_auto_tokenizer(name), name)
+
+
+def _auto_tokenizer(name, **kwargs):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **SAFE)
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs, **SAFE)
     except (OSError, ValueError) as err:
         raise _explain(name, err) from None
     if not tokenizer.is_fast:
         raise UserError(f"model.name {name!r}: needs a fast (Rust) tokenizer for word alignment")
     return tokenizer
+
+
+# Words of running text, to check that a tokenizer gives each word alone the sub-tokens it has in a text.
+PROBE_WORDS = ["Angela", "Merkel", "visited", "Paris", ",", "said", "Reuters", "."]
+
+
+def fit_for_words(tokenizer, name):
+    """`tokenizer`, or the tokenizer of `name` reloaded so that words tokenized one by one (as prepare and
+    predict do) get the sub-tokens they have in running text.
+
+    Byte-level BPE (RoBERTa, GPT-2-style, ModernBERT) marks a word start by the space before it: without
+    `add_prefix_space` a word given alone reads as the start of a text, "Merkel" as Mer|kel instead of
+    ĠMerkel, and transformers 5 says nothing. WordPiece (BERT) and SentencePiece with `▁` prepended to
+    every word (XLM-RoBERTa, DeBERTa-v3) already agree and come back unchanged.
+    """
+    if _words_as_in_text(tokenizer):
+        return tokenizer
+    # Tokenizer classes that build their pre-tokenizer from the argument (RobertaTokenizer) take it here,
+    # and save_pretrained records it; a generic fast tokenizer (ModernBERT's) keeps its tokenizer.json,
+    # so its pre-tokenizer is set as well, and tokenizer.json records that.
+    tokenizer = _auto_tokenizer(name, add_prefix_space=True)
+    _prefix_every_word(tokenizer.backend_tokenizer.pre_tokenizer)
+    if not _words_as_in_text(tokenizer):
+        raise UserError(f"model.name {name!r}: its tokenizer ({type(tokenizer).__name__}) gives a word alone other "
+                        "sub-tokens than the same word in running text, also with add_prefix_space=True, so "
+                        "word labels would not align; use a model whose tokenizer is WordPiece, byte-level BPE "
+                        "or SentencePiece")
+    return tokenizer
+
+
+def _words_as_in_text(tokenizer):
+    from nerpipe.data.alignment import running_text_subtokens, word_subtokens
+
+    return word_subtokens(tokenizer, [PROBE_WORDS])[0] == running_text_subtokens(tokenizer, PROBE_WORDS)
+
+
+def _prefix_every_word(pre_tokenizer):
+    """Make a byte-level or Metaspace pre-tokenizer (or a Sequence holding one) mark every word's start."""
+    from tokenizers import pre_tokenizers
+
+    if isinstance(pre_tokenizer, pre_tokenizers.Sequence):
+        for i in range(len(pre_tokenizer)):
+            _prefix_every_word(pre_tokenizer[i])
+    elif isinstance(pre_tokenizer, pre_tokenizers.ByteLevel):
+        pre_tokenizer.add_prefix_space = True
+    elif isinstance(pre_tokenizer, pre_tokenizers.Metaspace):
+        pre_tokenizer.prepend_scheme = "always"
 
 
 def load_for_training(name, labels, dropout, seed):

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from nerpipe.core.errors import UserError
 from nerpipe.core.params import read_yaml
-from nerpipe.model.loading import SAFE, load_config, load_trained
+from nerpipe.model.loading import SAFE, fit_for_words, load_config, load_trained
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # runs:/..., models:/..., s3://..., file:///...
 
@@ -72,7 +72,7 @@ def _load_local(directory, source):
                         f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
     if not tokenizer.is_fast:
         raise UserError(f"model {source!r}: needs a fast (Rust) tokenizer for word alignment")
-    return TrainedModel(model, tokenizer, settings)
+    return TrainedModel(model, fit_for_words(tokenizer, str(tokenizer_dir)), settings)
 
 
 def _locate(directory, source):

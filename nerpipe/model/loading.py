@@ -120,18 +120,63 @@ def _prefix_every_word(pre_tokenizer):
         pre_tokenizer.prepend_scheme = "always"
 
 
+# Each family names its dropouts its own way (BERT hidden_dropout_prob, DistilBERT dropout, ModernBERT
+# mlp_dropout, ...): train.dropout sets every one of these that the model's config has.
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+                "attention_dropout", "embedding_dropout", "mlp_dropout")
+
+
 def load_for_training(name, labels, dropout, seed):
-    """Pretrained encoder with a fresh head of len(labels) outputs, seeded so the head is reproducible."""
-    load_config(name)
+    """Pretrained encoder with a head of len(labels) outputs: a fresh head, seeded so it is reproducible,
+    unless the model already has a token-classification head for exactly these labels (continued
+    fine-tuning). A head for other labels is replaced, and a line says so."""
+    config = load_config(name)
     transformers.set_seed(seed)
     id2label = dict(enumerate(labels))
+    old_labels = trained_head_labels(config)
+    replace = old_labels is not None and old_labels != list(labels)
+    settings = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
+                **{key: dropout for key in DROPOUT_KEYS if hasattr(config, key)}}
     try:
-        return AutoModelForTokenClassification.from_pretrained(
-            name, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout,
-            use_safetensors=True, **SAFE)
+        if replace:  # the new labels go in through the config: as keyword arguments transformers warns of a clash
+            config.update(settings)
+            model = AutoModelForTokenClassification.from_pretrained(
+                name, config=config, ignore_mismatched_sizes=True, use_safetensors=True, **SAFE)
+        else:
+            model = AutoModelForTokenClassification.from_pretrained(
+                name, num_labels=len(labels), **settings, use_safetensors=True, **SAFE)
     except (OSError, ValueError) as err:
         raise _explain(name, err) from None
+    if replace:
+        transformers.set_seed(seed)
+        fresh_head(model)
+        print(f"model.name {name!r}: its token-classification head for {len(old_labels)} other labels "
+              f"({', '.join(old_labels[:6])}{', ...' if len(old_labels) > 6 else ''}) was replaced by a fresh head "
+              f"for the corpus's {len(labels)} labels")
+    return model
+
+
+def trained_head_labels(config):
+    """The label list of the token-classification head the checkpoint holds, or None where it holds none
+    (a pretrained encoder: BertModel, *ForMaskedLM)."""
+    if not any(a.endswith("ForTokenClassification") for a in config.architectures or []):
+        return None
+    return [config.id2label[i] for i in sorted(config.id2label)]
+
+
+def fresh_head(model):
+    """Initialise every module outside the encoder (the head: BERT's classifier, ModernBERT's head and
+    classifier) as the model's class initialises a new one."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.children():
+            if module is model.base_model:
+                continue
+            for tensor in module.parameters():
+                tensor._is_hf_initialized = False  # transformers' init functions skip tensors loaded from the checkpoint
+            for sub in module.modules():
+                model._init_weights(sub)
 
 
 def load_trained(directory):

@@ -172,6 +172,8 @@ def _family_parts(family):
     """(tokenizer, config class, config kwargs, model class) of a tiny `family` model."""
     import transformers as t
 
+    if family == "bert":
+        return build_tokenizer(), BertConfig, TINY, BertForTokenClassification
     if family == "roberta":
         tok = _roberta_tokenizer()
         return tok, t.RobertaConfig, {**TINY, "max_position_embeddings": 514, "type_vocab_size": 1}, \
@@ -205,7 +207,7 @@ def _family_parts(family):
 def build_tiny_family(directory, family, labels=None, seed=0):
     """Write a random `family` (a model_type) token-classification model and its tokenizer to `directory`.
     `labels` None: a base encoder without a head, as the hub's pretrained models are."""
-    if family == "bert":
+    if family == "bert" and labels is not None:
         return build_tiny_model(directory, labels, seed)
     directory = Path(directory)
     tokenizer, config_class, shape, model_class = _family_parts(family)
@@ -216,5 +218,6 @@ def build_tiny_family(directory, family, labels=None, seed=0):
     torch.manual_seed(seed)
     model = model_class(config)
     tokenizer.save_pretrained(directory)
-    model.save_pretrained(directory)
+    # Without labels the encoder alone (architectures BertModel, ...), as a pretrained model on the hub
+    (model if labels is not None else model.base_model).save_pretrained(directory)
     return directory

@@ -15,6 +15,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from nerpipe.core.errors import UserError
+from nerpipe.core.methods import METHODS
 
 SPLITS = ("train", "valid", "test")
 
@@ -130,7 +131,8 @@ class LoraParams:
     dropout: float = 0.1
     """Dropout on the LoRA branch's input."""
     target_modules: str = "auto"
-    """'auto': peft's defaults for the model type (query and value for BERT-family models); else module
+    """'auto': peft's defaults for the model type (query and value for BERT-family models; where peft has
+    none, as for DistilBERT and ModernBERT, every attention input projection, found by structure); else module
     names, comma-separated, each matching every module whose name ends with it (e.g. query,key,value,dense)."""
 
     def problems(self):
@@ -148,15 +150,16 @@ class AdapterParams:
 
     size: int = 64
     """Bottleneck width of each adapter."""
-    target_modules: str = "output.dense"
-    """Linear layers an adapter follows, by name ending, comma-separated. The default matches, in BERT,
-    RoBERTa, ELECTRA and DeBERTa, each layer's attention output projection and feed-forward output
-    (attention.output.dense, output.dense): Houlsby et al.'s two places."""
+    target_modules: str = "auto"
+    """'auto': each layer's attention output projection and feed-forward output, Houlsby et al.'s two
+    places, found by the layer's structure in every family (BERT attention.output.dense and output.dense,
+    DistilBERT out_lin and lin2, ModernBERT attn.Wo and mlp.Wo); else linear layers by name ending,
+    comma-separated (e.g. output.dense)."""
 
     def problems(self):
         out = [] if self.size >= 1 else [f"train.adapter.size: must be >= 1, got {self.size}"]
         if not self.target_modules.strip(" ,"):
-            out.append("train.adapter.target_modules: must name linear layers, e.g. output.dense")
+            out.append("train.adapter.target_modules: must be 'auto' or name linear layers, e.g. output.dense")
         return out
 
 
@@ -172,7 +175,6 @@ class PromptParams:
         return [] if v >= 1 else [f"train.prompt.virtual_tokens: must be >= 1, got {v}"]
 
 
-METHODS = ("full", "top_layers", "head", "bitfit", "lora", "adapter", "prompt")  # nerpipe/model/methods/ has one module per family
 
 
 @dataclass

@@ -48,14 +48,18 @@ def _check_safetensors(name):
 
 
 def check_max_length(max_length, model_name, tokenizer):
-    """prepare.max_length must fit the model's positions."""
-    # The tokenizer's model_max_length is the usable bound where position ids are offset: RoBERTa's
-    # 514 position embeddings take 512 tokens. Tokenizers that do not know say 1e30.
-    bounds = [getattr(load_config(model_name), "max_position_embeddings", None), tokenizer.model_max_length]
-    limit = min((b for b in bounds if b and b < 1_000_000), default=None)
+    """prepare.max_length must fit the model's positions (families.position_limit: RoBERTa's 514 position
+    embeddings take 512 tokens; DeBERTa-v3's relative positions set no limit) and the tokenizer's
+    model_max_length where it knows one (tokenizers that do not say 1e30)."""
+    from nerpipe.model.families import position_limit
+
+    config = load_config(model_name)
+    limit, note = position_limit(config)
+    if tokenizer.model_max_length < 1_000_000 and (limit is None or tokenizer.model_max_length < limit):
+        limit, note = tokenizer.model_max_length, "its tokenizer's model_max_length"
     if limit and max_length > limit:
-        raise UserError(f"prepare.max_length: {max_length} exceeds what model {model_name!r} supports "
-                        f"({limit} positions); set prepare.max_length <= {limit}")
+        raise UserError(f"prepare.max_length: {max_length} exceeds what model {model_name!r} supports ({limit} "
+                        f"positions); set prepare.max_length <= {limit}" + (f" ({note})" if note else ""))
 
 
 def load_tokenizer(name):

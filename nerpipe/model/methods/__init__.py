@@ -1,12 +1,5 @@
 """Fine-tuning methods, chosen by `train.method`: which parameters train, and how the result is saved.
-
-    full        every weight (the default)
-    top_layers  the head and the top `train.top_layers` encoder layers
-    head        the classification head only
-    bitfit      every bias term and the head (Ben Zaken et al., 2022)
-    lora        low-rank updates of the attention projections, by peft (Hu et al., 2021)
-    adapter     bottleneck adapters after each attention and feed-forward output (Houlsby et al., 2019)
-    prompt      soft prompt tokens before the input, by peft (Lester et al., 2021)
+The methods, their modules here and whether they merge are one table, nerpipe/core/methods.py.
 
 The head always trains. The model the methods return trains in the same loop as full fine-tuning.
 
@@ -26,57 +19,40 @@ import json
 from pathlib import Path
 
 from nerpipe.core.errors import UserError
+from nerpipe.core.methods import METHODS
 
 METHOD_FILE = "nerpipe_method.json"
 ADAPTER_DIR = "adapter"
-UNMERGEABLE = {"adapter": "bottleneck", "prompt": "prompt"}  # method -> its module here
 
 
-def _module(name):
+def _module(method):
     """The module of a method, imported when used: peft takes over a second to import, which `nerpipe predict`
     on a fully fine-tuned model need not pay."""
-    return importlib.import_module(f"nerpipe.model.methods.{name}")
+    return importlib.import_module(f"nerpipe.model.methods.{METHODS[method].module}")
 
 
 def prepare_for_training(model, cfg, max_length):
     """The model to train with method `cfg.method` (cfg: params.TrainParams); `max_length`: prepare's."""
-    method = cfg.method
-    if method in ("full", "top_layers", "head", "bitfit"):
-        _module("freezing").apply(model, method, cfg.top_layers)
-        trained = model
-    elif method == "lora":
-        trained = _module("lora").wrap(model, cfg.lora)
-    elif method == "adapter":
-        trained = _module("bottleneck").wrap(model, cfg.adapter)
-    else:
-        trained = _module("prompt").wrap(model, cfg.prompt, max_length)
-    trained.nerpipe_method = {"method": method, **_settings(cfg)}
+    trained = _module(cfg.method).apply(model, cfg, max_length)
+    trained.nerpipe_method = {"method": cfg.method, **_settings(cfg)}
     return trained
 
 
 def _settings(cfg):
-    if cfg.method == "top_layers":
-        return {"top_layers": cfg.top_layers}
-    if cfg.method in ("lora", "adapter", "prompt"):
-        return dataclasses.asdict(getattr(cfg, cfg.method))
-    return {}
+    """The method's settings, recorded with the saved model."""
+    name = METHODS[cfg.method].settings
+    if name is None:
+        return {}
+    value = getattr(cfg, name)
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else {name: value}
 
 
 def save_trained(model, directory):
     """Write `model` (from prepare_for_training) as the layout in the module docstring."""
     directory = Path(directory)
     spec = dict(getattr(model, "nerpipe_method", {"method": "full"}))
-    method = spec["method"]
-    if method == "lora":
-        _module("lora").merged_copy(model).save_pretrained(directory, safe_serialization=True)
-        model.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)
-    elif method in UNMERGEABLE:
-        module = _module(UNMERGEABLE[method])
-        module.base_copy(model).save_pretrained(directory, safe_serialization=True)
-        module.save_adapter(model, directory / ADAPTER_DIR)
-    else:
-        model.save_pretrained(directory, safe_serialization=True)
-    spec["merged"] = method not in UNMERGEABLE
+    _module(spec["method"]).save(model, directory)
+    spec["merged"] = METHODS[spec["method"]].merged
     (directory / METHOD_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
 
@@ -94,9 +70,10 @@ def attach_saved_adapter(model, directory):
                         "model, or re-run the train stage") from None
     if spec.get("merged", True):
         return model
-    if method not in UNMERGEABLE:
-        raise UserError(f"{path}: unknown unmerged method {method!r} (this nerpipe knows {', '.join(UNMERGEABLE)})")
-    return _module(UNMERGEABLE[method]).load_adapter(model, Path(directory) / ADAPTER_DIR, spec)
+    unmerged = [name for name, m in METHODS.items() if not m.merged]
+    if method not in unmerged:
+        raise UserError(f"{path}: unknown unmerged method {method!r} (this nerpipe knows {', '.join(unmerged)})")
+    return _module(method).load(model, Path(directory), spec)
 
 
 def adapter_bytes(directory):

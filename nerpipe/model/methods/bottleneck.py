@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nerpipe.core.errors import UserError
+from nerpipe.model.families import residual_projections
 
 WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
@@ -41,10 +42,14 @@ def _matches(name, targets):
 
 
 def insert(model, size, target_modules):
-    """Put an adapter after every nn.Linear whose name ends with one of `target_modules` (comma-separated)."""
-    targets = [t.strip() for t in target_modules.split(",") if t.strip()]
-    found = [name for name, m in model.base_model.named_modules()
-             if isinstance(m, nn.Linear) and _matches(name, targets)]
+    """Put an adapter after every nn.Linear whose name ends with one of `target_modules` (comma-separated),
+    or, for 'auto', after each layer's attention output and feed-forward output (families.py)."""
+    if target_modules == "auto":
+        found = residual_projections(model)
+    else:
+        targets = [t.strip() for t in target_modules.split(",") if t.strip()]
+        found = [name for name, m in model.base_model.named_modules()
+                 if isinstance(m, nn.Linear) and _matches(name, targets)]
     if not found:
         linears = sorted({name.rpartition(".")[2] if name.count(".") < 2 else ".".join(name.split(".")[-2:])
                           for name, m in model.base_model.named_modules() if isinstance(m, nn.Linear)})
@@ -57,11 +62,11 @@ def insert(model, size, target_modules):
     return found
 
 
-def wrap(model, cfg):
-    """cfg: params.AdapterParams. Trains the adapters, every LayerNorm (as Houlsby et al. did) and the head."""
+def apply(model, cfg, max_length):
+    """cfg: params.TrainParams. Trains the adapters, every LayerNorm (as Houlsby et al. did) and the head."""
     for p in model.base_model.parameters():
         p.requires_grad = False
-    insert(model, cfg.size, cfg.target_modules)
+    insert(model, cfg.adapter.size, cfg.adapter.target_modules)
     for module in model.base_model.modules():
         if isinstance(module, (BottleneckAdapter, nn.LayerNorm)):
             for name, p in module.named_parameters():
@@ -73,6 +78,20 @@ def base_copy(model):
     from nerpipe.model.methods import unwrap_copy
 
     return unwrap_copy(model, BottleneckAdapter, lambda adapter: adapter.linear)
+
+
+def save(model, directory):
+    """The base model with its trained head and LayerNorms, and adapter/ with what trained."""
+    from nerpipe.model.methods import ADAPTER_DIR
+
+    base_copy(model).save_pretrained(directory, safe_serialization=True)
+    save_adapter(model, directory / ADAPTER_DIR)
+
+
+def load(model, directory, spec):
+    from nerpipe.model.methods import ADAPTER_DIR
+
+    return load_adapter(model, directory / ADAPTER_DIR, spec)
 
 
 def save_adapter(model, directory):

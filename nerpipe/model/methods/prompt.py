@@ -13,6 +13,7 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from nerpipe.core.errors import UserError
+from nerpipe.model.families import family, position_limit
 
 
 class PromptTuned(nn.Module):
@@ -33,14 +34,36 @@ class PromptTuned(nn.Module):
         return out
 
 
-def wrap(model, cfg, max_length):
-    """cfg: params.PromptParams. The prompt takes positions: `max_length` + virtual tokens must fit the model."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and max_length + cfg.virtual_tokens > limit:
-        raise UserError(f"train.prompt.virtual_tokens: {cfg.virtual_tokens} prompt tokens + prepare.max_length "
-                        f"{max_length} exceed the model's {limit} positions; lower one of them")
-    return PromptTuned(get_peft_model(model, PromptTuningConfig(task_type=TaskType.TOKEN_CLS,
-                                                                num_virtual_tokens=cfg.virtual_tokens)))
+def apply(model, cfg, max_length):
+    """cfg: params.TrainParams. The prompt takes positions: `max_length` + virtual tokens must fit the model."""
+    virtual = cfg.prompt.virtual_tokens
+    limit, note = position_limit(model.config)
+    if limit and max_length + virtual > limit:
+        raise UserError(f"train.prompt.virtual_tokens: {virtual} prompt tokens + prepare.max_length "
+                        f"{max_length} exceed the model's {limit} positions ({note or family(model)}); "
+                        "lower one of them")
+    # The prompt is made of input embeddings: their width is not hidden_size where the family projects them
+    # (ELECTRA's embedding_size). peft reads the shapes from config.to_dict(), which lacks the names
+    # DistilBERT's config only maps (dim, n_heads, n_layers), so they are given here.
+    config = PromptTuningConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=virtual,
+                                token_dim=model.get_input_embeddings().embedding_dim,
+                                num_attention_heads=model.config.num_attention_heads,
+                                num_layers=model.config.num_hidden_layers)
+    return PromptTuned(get_peft_model(model, config))
+
+
+def save(model, directory):
+    """The base model with its trained head, and peft's prompt files in adapter/."""
+    from nerpipe.model.methods import ADAPTER_DIR
+
+    base_copy(model).save_pretrained(directory, safe_serialization=True)
+    save_adapter(model, directory / ADAPTER_DIR)
+
+
+def load(model, directory, spec):
+    from nerpipe.model.methods import ADAPTER_DIR
+
+    return load_adapter(model, directory / ADAPTER_DIR, spec)
 
 
 def base_copy(model):

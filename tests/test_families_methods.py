@@ -66,6 +66,8 @@ def test_method_on_family_trains_only_its_weights(family_model_dir, method, tmp_
     assert not changed & frozen
     # Every trained tensor moves but the adapters' down-projections: their up-projections start at zero.
     assert all(".down." in n for n in trained - changed), sorted(trained - changed)
+    if METHODS[method].module == "freezing" and method != "full":
+        return  # saved as full is, below
     expected = logits(model, inputs)
     save_trained(model, tmp_path)
     assert torch.allclose(logits(load_trained(tmp_path), inputs), expected, atol=1e-5)

@@ -118,6 +118,7 @@ def run(args):
     # Imported here so that `nerpipe --help` and other commands do not pay for torch and transformers.
     from transformers.utils import logging as transformers_logging
 
+    from nerpipe.model.families import position_limit
     from nerpipe.predict.model_source import load_trained_model
     from nerpipe.predict.output import write_predictions
     from nerpipe.predict.text import CHUNK_CHARS, predict_lines, ready_to_tag
@@ -129,8 +130,8 @@ def run(args):
         model, tokenizer, logged = load_trained_model(args.model)
         max_length, overlap, batch_size, bf16_setting = window_settings(args, logged)
         context = context_setting(args, logged)
-        positions = getattr(model.config, "max_position_embeddings", max_length)
-        if max_length > positions:
+        positions, _ = position_limit(model.config)  # RoBERTa's 514 embeddings take 512 tokens
+        if positions and max_length > positions:
             raise UserError(f"max_length {max_length} exceeds the model's {positions} positions; "
                             f"use --max-length {positions} or less")
         device, bf16 = ready_to_tag(model, tokenizer, args.model, bf16_setting)

@@ -1,4 +1,6 @@
-"""Shared fixtures: the hand-written CoNLL files in tests/fixtures and a tiny random BERT built offline.
+"""Shared fixtures: the hand-written CoNLL files in tests/fixtures, a tiny random BERT built offline, and
+one tiny random base encoder per family (`family_model_dir`: BERT, RoBERTa, XLM-R, DeBERTa-v3, ELECTRA,
+DistilBERT, ModernBERT).
 
 The tests run on the CPU, also on a machine with a GPU: they assert byte-identical resumes and exact
 numbers, which CUDA does not promise. Before anything can initialise CUDA, this file hides every GPU

@@ -377,7 +377,10 @@ def _auth_config(directory):
     grants more), users and grants in a SQLite file of the server's own. The admin's password comes
     from the environment, and only counts on the first start, when the auth app creates the admin."""
     return (f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{Path(directory) / 'mlflow-auth.db'}\n"
-            f"admin_username = {ADMIN}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            f"admin_username = {ADMIN}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            # A training logs every few steps, and each request would hash its password (PBKDF2) anew. One
+            # worker, and users change only through its API, so the cache is never stale.
+            "auth_cache_ttl_seconds = 300\n")
 
 
 def start_mlflow(directory, state):

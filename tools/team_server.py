@@ -1,15 +1,21 @@
 """A team's storage on one machine: S3 (SeaweedFS) for the DVC remote and for MLflow's artifacts,
-PostgreSQL for MLflow's runs, and an MLflow tracking server on top of both.
+PostgreSQL for MLflow's runs, and an MLflow tracking server on top of both, letting in only the team.
 
     make tracking-server DIR=/srv/nerpipe             # or: python tools/team_server.py start DIR
+    make tracking-user DIR=/srv/nerpipe NAME=alice PERMISSION=EDIT   # or: ... add-user DIR NAME --permission EDIT
     make tracking-server-stop DIR=/srv/nerpipe        # or: python tools/team_server.py stop DIR
 
-Everything lives under DIR: the S3 data, the PostgreSQL cluster, logs, and team-server.json with the
-ports and the generated keys. `start` on the same DIR again brings back whatever is not running, with
-the same data, ports and keys; so does a restart after `stop`. Servers listen on 127.0.0.1 unless
---host says otherwise (0.0.0.0 for teammates on other machines); PostgreSQL always stays on
-127.0.0.1, since only the MLflow server talks to it. PostgreSQL refuses to run as root, so under root
-its cluster belongs to the `postgres` user, who must be able to reach DIR.
+Everything lives under DIR: the S3 data, the PostgreSQL cluster, logs, and team-server.json (mode 0600)
+with the ports, the generated keys and passwords. `start` on the same DIR again brings back whatever is
+not running, with the same data, ports and keys; so does a restart after `stop`. MLflow listens on
+127.0.0.1 unless --host says otherwise (0.0.0.0 for teammates on other machines); PostgreSQL and
+SeaweedFS always stay on 127.0.0.1 (other machines reach S3 through a TLS proxy: tools/nginx-team.conf).
+PostgreSQL refuses to run as root, so under root its cluster belongs to the `postgres` user, who must
+be able to reach DIR.
+
+Only the team gets in: MLflow runs its basic-auth app (an `admin` whose password start() generates,
+and the teammates add_user() adds); each S3 key may touch only its own bucket (S3_IDENTITIES); and
+secrets reach the servers through their environment or 0600 files, never their command lines.
 
 The tests start the same services in-process (tests/test_team_storage.py), through start() and stop().
 """
@@ -478,7 +484,7 @@ Use it as the DVC remote (once per clone; --local keeps the keys out of git, in 
   dvc remote add -d storage s3://dvc/nerpipe
   dvc remote modify storage endpointurl {found['s3']}
   dvc remote modify --local storage access_key_id {keys['dvc']['access_key']}      (reads and writes s3://dvc)
-  dvc remote modify --local storage secret_access_key <"s3" "dvc" "secret_key" in {STATE}>
+  dvc remote modify --local storage secret_access_key <secret: s3.dvc.secret_key in {STATE}>
   (for a teammate who only pulls: the "reader" key, {keys['reader']['access_key']}, which cannot write)
 Stop it:
   make tracking-server-stop DIR={directory}   (start again with the same DIR: same data, ports and keys)"""
@@ -508,8 +514,8 @@ def main():
         elif args.command == "add-user":
             state = add_user(args.directory, args.name, args.permission)
             env = mlflow_env(state, args.name)
-            print(f"added {args.name} ({args.permission}); their environment (the password is shown only now; it "
-                  f"is kept in {args.directory.resolve() / STATE}):\n  export "
+            print(f"added {args.name} ({args.permission}); their environment (hand the password over privately; it "
+                  f"is also kept in {args.directory.resolve() / STATE}):\n  export "
                   + " ".join(f"{k}={v}" for k, v in env.items()))
         else:
             stop(args.directory)

@@ -385,9 +385,13 @@ def test_metrics_held_by_a_stopped_training_are_sent_when_it_resumes(team, tmp_p
     history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
                for key in ("train_loss", "epoch", "dev_f1")}
     assert history == {"train_loss": [(10, 1.5), (20, 0.5)], "epoch": [(20, 2.0)], "dev_f1": [(20, 0.25)]}
-    # A request the server refuses (an unknown run) fails at once: no amount of waiting would cure it.
-    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+    # A request the server refuses fails at once: no amount of waiting would cure it. (An unknown run:
+    # MLflow's auth app answers 403, telling no one which runs exist.)
+    with pytest.raises(MlflowException, match="403 != 200. Response body: 'Permission denied'"):
         HeldMetrics(team["mlflow"], "0" * 32, tmp_path / "other.json").log({"train_loss": 1.0}, 1)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")  # so does a wrong password
+    with pytest.raises(MlflowException, match="401 != 200"):
+        HeldMetrics(team["mlflow"], run_id, tmp_path / "other.json").log({"train_loss": 1.0}, 30)
 
 
 def test_no_secret_on_a_command_line_or_in_a_log(teammates, team):

@@ -175,8 +175,11 @@ def _environment(values):
 
 def _server_is_away(err):
     """True for a failure of the connection or of the server (5xx, or no MLflow answer at all), which
-    waiting can cure; False for a request the server refused (4xx), which it cannot."""
-    return not (isinstance(err, RestException) and err.get_http_status_code() < 500)
+    waiting can cure; False for a request the server refused (4xx; or 401, 403 from MLflow's auth app,
+    which answers in plain text), which it cannot."""
+    if isinstance(err, RestException):
+        return err.get_http_status_code() >= 500
+    return not (isinstance(err, mlflow.MlflowException) and err.get_http_status_code() in (401, 403))
 
 
 def connect(experiment):

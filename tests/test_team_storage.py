@@ -30,8 +30,9 @@ import requests
 from mlflow import MlflowClient, MlflowException
 from mlflow.entities import LoggedModelStatus
 
+from nerpipe.core.errors import UserError
 from nerpipe.core.set_params import set_params
-from nerpipe.track.runs import HELD_METRICS, PROBE_EVERY_S, HeldMetrics
+from nerpipe.track.runs import HELD_METRICS, PROBE_EVERY_S, HeldMetrics, connect
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 from tools import team_server
 
@@ -154,6 +155,16 @@ def test_mlflow_answers_401_without_the_right_password(team):
     assert requests.get(api, params={"max_results": 1}, auth=(admin["username"], admin["password"]),
                         timeout=10).status_code == 200
     assert requests.get(f"{team['mlflow']}/health", timeout=10).status_code == 200  # probes need no password
+
+
+
+def test_a_stage_without_the_right_password_says_what_to_set(team, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    with pytest.raises(UserError, match="refused user 'tester' .HTTP 401.: set MLFLOW_TRACKING_USERNAME and MLFLOW_T"):
+        connect("never-created")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    with pytest.raises(UserError, match="refused a request without a user .HTTP 401."):
+        connect("never-created")
 
 
 def test_a_read_user_sees_runs_but_cannot_create_one(team):

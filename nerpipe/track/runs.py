@@ -117,6 +117,16 @@ def _check_reachable(uri):
     if response.status_code >= 500 or response.status_code in (401, 403):
         raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) answered HTTP "
                         f"{response.status_code} {response.reason}; {hint}")
+    # /health needs no sign-in: ask something that does, so that missing or wrong credentials say so.
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    signed = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                          auth=(user, password) if user and password else None, timeout=REACH_TIMEOUT_S,
+                          headers={"Authorization": f"Bearer {token}"} if token else None)
+    if signed.status_code in (401, 403):
+        raise UserError(f"MLflow tracking server {uri} refused {f'user {user!r}' if user else 'a request without a user'}"
+                        f" (HTTP {signed.status_code}): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                        "to the user and password the server's admin gave you (make tracking-user)")
 
 
 def _answers(uri):

@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup repro test bench gpu-payload lint postgres pr-profile pr-report tracking-server tracking-server-stop clean
+.PHONY: setup repro test bench gpu-payload lint postgres pr-profile pr-report tracking-server tracking-server-stop tracking-user clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ bench: setup
 tracking-server: setup
 	@if [ -z "$(DIR)" ]; then echo "usage: make tracking-server DIR=/path/to/server-data [HOST=0.0.0.0]" >&2; exit 2; fi
 	$(BIN)/python tools/team_server.py start $(DIR) $(if $(HOST),--host $(HOST))
+
+# A teammate on the running MLflow server: PERMISSION=READ (sees), EDIT (also logs runs) or MANAGE.
+tracking-user: setup
+	@if [ -z "$(DIR)" ] || [ -z "$(NAME)" ] || [ -z "$(PERMISSION)" ]; then echo "usage: make tracking-user DIR=/path/to/server-data NAME=alice PERMISSION=READ|EDIT|MANAGE" >&2; exit 2; fi
+	$(BIN)/python tools/team_server.py add-user $(DIR) $(NAME) --permission $(PERMISSION)
 
 tracking-server-stop:
 	@if [ -z "$(DIR)" ]; then echo "usage: make tracking-server-stop DIR=/path/to/server-data" >&2; exit 2; fi

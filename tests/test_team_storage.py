@@ -6,6 +6,10 @@ Two clones of one git origin each run an experiment that logs to the shared MLfl
 them and has its data, model and metrics without training; `dvc artifacts get` fetches the model that
 main declares. Then the MLflow server is stopped twice in the middle of a training and started again:
 the training goes on, and the run ends FINISHED with every metric.
+
+The servers let in only the team: alice and bob are EDIT users of MLflow with the DVC remote's S3 key,
+carol a READ user with the read-only key; what each may not do is refused, and no secret shows on a
+command line or in a log.
 """
 
 import csv
@@ -20,13 +24,15 @@ import threading
 import time
 from pathlib import Path
 
-import boto3
+import botocore.exceptions
 import pytest
+import requests
 from mlflow import MlflowClient, MlflowException
 from mlflow.entities import LoggedModelStatus
 
+from nerpipe.core.errors import UserError
 from nerpipe.core.set_params import set_params
-from nerpipe.track.runs import HELD_METRICS, PROBE_EVERY_S, HeldMetrics
+from nerpipe.track.runs import HELD_METRICS, PROBE_EVERY_S, HeldMetrics, connect
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 from tools import team_server
 
@@ -36,17 +42,28 @@ TRAIN = ["python", "stages/train.py", "--data", "data/prepared", "--model-out", 
          "--checkpoints", "data/checkpoints", "--reports", "reports/train"]
 
 
+# The teammates, as `make tracking-user` adds them; "tester" is this process's own MLflow user.
+USERS = {"alice": "EDIT", "bob": "EDIT", "carol": "READ", "tester": "EDIT"}
+S3_KEY = {"alice": "dvc", "bob": "dvc", "carol": "reader"}  # carol only pulls
+
+
 @pytest.fixture(scope="module")
 def team():
-    """The three services in a directory that the postgres user can reach (pytest's own tmp is 0700)."""
+    """The three services in a directory that the postgres user can reach (pytest's own tmp is 0700),
+    with the USERS added; this process talks to MLflow as "tester"."""
     why = team_server.unavailable()
     if why:
         pytest.skip(f"the team's servers cannot run here: {why}")
     directory = Path(tempfile.mkdtemp(prefix="nerpipe-team-"))
     directory.chmod(0o755)
     try:
-        state = team_server.start(directory / "server", port=0, s3_port=0)
-        yield {"dir": directory / "server", **team_server.urls(state), "env": team_server.s3_env(state)}
+        with pytest.MonkeyPatch.context() as env:
+            state = team_server.start(directory / "server", port=0, s3_port=0)
+            for name, permission in USERS.items():
+                state = team_server.add_user(directory / "server", name, permission)
+            for name, value in team_server.mlflow_env(state, "tester").items():
+                env.setenv(name, value)
+            yield {"dir": directory / "server", "state": state, **team_server.urls(state)}
     finally:
         if (directory / "server" / team_server.STATE).exists():
             team_server.stop(directory / "server")
@@ -66,10 +83,12 @@ def origin(tmp_path_factory, fixture_dir, fixture_sha256, tiny_model_dir, team):
 
 
 def clone(origin, team, name):
-    """A teammate's clone: keys for S3 in the environment (as `dvc remote modify --local` would hold them)."""
+    """A teammate's clone: their S3 key in the environment (as `dvc remote modify --local` would hold
+    it), and their MLflow user."""
     root = origin.parent / name
     subprocess.run(["git", "clone", "-q", str(origin), str(root)], check=True)
-    return PipelineRepo(root, env={**team["env"], "MLFLOW_TRACKING_URI": team["mlflow"]})
+    state = team["state"]
+    return PipelineRepo(root, env={**team_server.s3_env(state, S3_KEY[name]), **team_server.mlflow_env(state, name)})
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +139,86 @@ def logged_model(client, run):
 
 
 def s3_keys(team, bucket, prefix=""):
-    env = team["env"]
-    s3 = boto3.client("s3", endpoint_url=team["s3"], region_name=env["AWS_DEFAULT_REGION"],
-                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    s3 = team_server.s3_client(team["state"], bucket)  # each bucket's own key
     keys = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", [])]
     return keys
+
+
+def test_mlflow_answers_401_without_the_right_password(team):
+    api = f"{team['mlflow']}/api/2.0/mlflow/experiments/search"
+    admin = team["state"]["mlflow_admin"]
+    assert requests.get(api, params={"max_results": 1}, timeout=10).status_code == 401
+    for wrong in ("password1234", "", admin["password"][:-1]):  # MLflow's old default among them
+        assert requests.get(api, params={"max_results": 1}, auth=(admin["username"], wrong), timeout=10).status_code == 401
+    assert requests.get(api, params={"max_results": 1}, auth=(admin["username"], admin["password"]),
+                        timeout=10).status_code == 200
+    assert requests.get(f"{team['mlflow']}/health", timeout=10).status_code == 200  # probes need no password
+
+
+
+def test_a_stage_without_the_right_password_says_what_to_set(team, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    with pytest.raises(UserError, match="refused user 'tester' .HTTP 401.: set MLFLOW_TRACKING_USERNAME and MLFLOW_T"):
+        connect("never-created")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    with pytest.raises(UserError, match="refused a request without a user .HTTP 401."):
+        connect("never-created")
+
+
+def test_a_read_user_sees_runs_but_cannot_create_one(team):
+    experiment_id = MlflowClient().create_experiment("read-only-check")  # by "tester", an EDIT user
+    run_id = MlflowClient().create_run(experiment_id).info.run_id
+    reader = team_server.mlflow_env(team["state"], "carol")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in reader.items():
+            env.setenv(name, value)
+        client = MlflowClient()
+        assert [r.info.run_id for r in client.search_runs([experiment_id])] == [run_id]
+        with pytest.raises(MlflowException, match="403"):
+            client.create_run(experiment_id)
+        with pytest.raises(MlflowException, match="403"):
+            client.log_metric(run_id, "loss", 1.0)
+    assert [r.info.run_id for r in MlflowClient().search_runs([experiment_id])] == [run_id]
+
+
+def s3_refused(call):
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        call()
+    return refused.value.response["Error"]["Code"]
+
+
+def test_each_s3_key_reaches_only_its_own_bucket(team):
+    state = team["state"]
+    dvc, mlflow_key, reader = (team_server.s3_client(state, name) for name in ("dvc", "mlflow", "reader"))
+    dvc.put_object(Bucket="dvc", Key="check/dvc", Body=b"dvc")
+    mlflow_key.put_object(Bucket="mlflow", Key="check/mlflow", Body=b"mlflow")
+    # The DVC key cannot overwrite a logged model's files, nor read them; MLflow's key cannot touch DVC's.
+    assert s3_refused(lambda: dvc.put_object(Bucket="mlflow", Key="check/mlflow", Body=b"evil")) == "AccessDenied"
+    assert s3_refused(lambda: dvc.get_object(Bucket="mlflow", Key="check/mlflow")) == "AccessDenied"
+    assert s3_refused(lambda: mlflow_key.put_object(Bucket="dvc", Key="check/dvc", Body=b"evil")) == "AccessDenied"
+    # The read-only key reads the DVC remote and writes nothing.
+    assert reader.get_object(Bucket="dvc", Key="check/dvc")["Body"].read() == b"dvc"
+    assert s3_refused(lambda: reader.put_object(Bucket="dvc", Key="check/dvc", Body=b"evil")) == "AccessDenied"
+    assert s3_refused(lambda: reader.delete_object(Bucket="dvc", Key="check/dvc")) == "AccessDenied"
+    assert s3_refused(lambda: reader.put_object(Bucket="mlflow", Key="check/x", Body=b"evil")) == "AccessDenied"
+    assert dvc.get_object(Bucket="dvc", Key="check/dvc")["Body"].read() == b"dvc"
+    assert mlflow_key.get_object(Bucket="mlflow", Key="check/mlflow")["Body"].read() == b"mlflow"
+
+
+def test_the_state_file_is_private_from_its_first_byte(tmp_path, monkeypatch):
+    """Created 0600 by os.open even under a umask that lets everyone read; never chmodded."""
+    monkeypatch.setattr(os, "chmod", lambda *a, **k: pytest.fail("chmod after the file was written"))
+    old = os.umask(0)
+    try:
+        team_server.settings(tmp_path, port=0, s3_port=0)
+    finally:
+        os.umask(old)
+    assert (tmp_path / team_server.STATE).stat().st_mode & 0o777 == 0o600
+    state = json.loads((tmp_path / team_server.STATE).read_text())
+    assert sorted(state["s3"]) == ["dvc", "mlflow", "reader"]
+    assert len({keys["secret_key"] for keys in state["s3"].values()}) == 3
 
 
 def test_two_clones_log_whole_runs_to_the_shared_server(teammates, team):
@@ -248,13 +340,15 @@ def test_training_goes_on_while_the_server_restarts_and_loses_no_metric(teammate
         process.send_signal(signal.SIGSTOP)
         team_server.stop(team["dir"], ["mlflow"])
         process.send_signal(signal.SIGCONT)
-        output.wait_for("waiting up to 300 s for it to come back")  # training is over; the stage waits
+        # Training is over; the stage waits. (The rest of the training: minutes on a busy machine.)
+        output.wait_for("waiting up to 300 s for it to come back", seconds=600)
         team_server.start(team["dir"])
         assert process.wait(timeout=300) == 0, "\n".join(output.lines)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        team_server.start(team["dir"])  # if the test failed with the server stopped: the next tests need it
         print("\n".join(output.lines))  # shown when the test fails
     lines = "\n".join(output.lines)
     assert output.count("warning: MLflow tracking server") == 2, lines  # one per outage
@@ -302,6 +396,35 @@ def test_metrics_held_by_a_stopped_training_are_sent_when_it_resumes(team, tmp_p
     history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
                for key in ("train_loss", "epoch", "dev_f1")}
     assert history == {"train_loss": [(10, 1.5), (20, 0.5)], "epoch": [(20, 2.0)], "dev_f1": [(20, 0.25)]}
-    # A request the server refuses (an unknown run) fails at once: no amount of waiting would cure it.
-    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+    # A request the server refuses fails at once: no amount of waiting would cure it. (An unknown run:
+    # MLflow's auth app answers 403, telling no one which runs exist.)
+    with pytest.raises(MlflowException, match="403 != 200. Response body: 'Permission denied'"):
         HeldMetrics(team["mlflow"], "0" * 32, tmp_path / "other.json").log({"train_loss": 1.0}, 1)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")  # so does a wrong password
+    with pytest.raises(MlflowException, match="401 != 200"):
+        HeldMetrics(team["mlflow"], run_id, tmp_path / "other.json").log({"train_loss": 1.0}, 30)
+
+
+def test_no_secret_on_a_command_line_or_in_a_log(teammates, team):
+    """After the whole pipeline, two clones and server restarts, while the servers run."""
+    state, directory = team["state"], team["dir"]
+    secrets = {"postgres": state["postgres_password"], "mlflow admin": state["mlflow_admin"]["password"],
+               "flask": state["flask_secret_key"], **{f"s3 {k}": v["secret_key"] for k, v in state["s3"].items()},
+               **{f"user {k}": v["password"] for k, v in state["users"].items()}}
+    pids = [json.loads((directory / team_server.STATE).read_text())["pids"][n] for n in ("s3", "mlflow")]
+    assert all(Path(f"/proc/{pid}").exists() for pid in pids)
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().decode(errors="replace")
+        except OSError:  # a process that ended meanwhile
+            continue
+        found += [(str(cmdline), name) for name, secret in secrets.items() if secret in text]
+    private = {directory / team_server.STATE, directory / "s3-identities.json"}  # 0600: where they belong
+    logs = [f for f in directory.rglob("*") if f.is_file() and f not in private]
+    assert {directory / "logs/mlflow.log", directory / "logs/s3.log", directory / "postgres/postgres.log"} <= set(logs)
+    for log in logs:
+        text = log.read_bytes().decode(errors="replace")
+        found += [(str(log), name) for name, secret in secrets.items() if secret in text]
+    assert found == []
+    assert all((f.stat().st_mode & 0o777) == 0o600 for f in private | {directory / "mlflow-auth.ini"})

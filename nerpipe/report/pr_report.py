@@ -26,6 +26,7 @@ from nerpipe.evaluate.metrics import flatten_metrics, headline_rows, type_order
 
 EVAL_METRICS = "reports/eval/metrics.json"
 TRAIN_METRICS = "reports/train/metrics.json"
+TRAIN_TIMINGS = "reports/timings/train.json"  # train_seconds; in TRAIN_METRICS in revisions made before it
 LINE_TEMPLATES = ("linear", "simple", "scatter", "smooth")
 CONFUSION_TEMPLATES = ("confusion", "confusion_normalized")
 
@@ -50,8 +51,9 @@ def metric_rows(metrics_diff):
     evaluation = [_revision_file(metrics_diff.get(EVAL_METRICS, {}), side) for side in ("old", "new")]
     old, new = (flatten_metrics(m) for m in evaluation)
     rows = [(label, old.get(name), new.get(name), "f1") for label, name in headline_rows(*evaluation)]
-    train_time = metrics_diff.get(TRAIN_METRICS, {}).get("train_seconds", {})
-    rows.append(("train time (s)", train_time.get("old"), train_time.get("new"), "seconds"))
+    times = [metrics_diff.get(path, {}).get("train_seconds", {}) for path in (TRAIN_TIMINGS, TRAIN_METRICS)]
+    old, new = (next((t[side] for t in times if t.get(side) is not None), None) for side in ("old", "new"))
+    rows.append(("train time (s)", old, new, "seconds"))
     return rows
 
 

@@ -66,7 +66,8 @@ def headline_table(metrics):
 
 
 def method_line(method, train):
-    """What the fine-tuning method trained and what it cost, from reports/train/metrics.json."""
+    """What the fine-tuning method trained and what it cost, from reports/train/metrics.json and the
+    train stage's timings file (peak memory, speed)."""
     gpu = f", peak GPU memory {train['peak_gpu_mib']:,.0f} MiB" if "peak_gpu_mib" in train else ""
     adapter = f"; adapter {train['adapter_mib']:.2f} MiB" if train["adapter_mib"] else ""
     return (f"Fine-tuning method **{method}**: {train['trainable_parameters']:,} of {train['total_parameters']:,} "
@@ -87,5 +88,10 @@ def errors_section(summary):
 
 
 def timings_table(timings):
-    rows = ["| stage | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    """Each stage's wall time, and the parts its timings file names ({stage: {"seconds": s, "<part>_seconds": s}})."""
+    rows = ["| stage | seconds |", "|---|---:|"]
+    for stage, values in timings.items():
+        rows.append(f"| {stage} | {values['seconds']:.1f} |")
+        rows += [f"| {stage} ({k.removesuffix('_seconds').replace('_', ' ')}) | {v:.1f} |"
+                 for k, v in values.items() if k.endswith("_seconds")]
     return "\n".join(rows)

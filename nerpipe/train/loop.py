@@ -192,8 +192,9 @@ def fit(model, train, run):
     Resumes from the last checkpoint of the same settings, if any, and ends exactly as an uninterrupted
     run would: data order is a function of (seed, epoch), and the checkpoint holds everything else
     that changes (weights, optimizer, scheduler, torch RNG, position in the epoch, loss accumulators).
-    The last checkpoint is of the final step, and stays: the caller removes it (Checkpoints.finish) once
-    what it makes of the training is saved, so a failure there resumes at the end and trains no more.
+    With cfg.checkpoint_every, the last checkpoint is of the final step, and stays: the caller removes it
+    (Checkpoints.finish) once what it makes of the training is saved, so a failure there resumes at the
+    end and trains no more.
     """
     cfg, checkpoints, world = run.cfg, run.checkpoints, run.world
     optimizer = build_optimizer(model, run.lr, cfg.weight_decay)
@@ -256,7 +257,7 @@ def fit(model, train, run):
     bar.close()
     state.optimizer_state_bytes = sum(t.numel() * t.element_size() for per_param in optimizer.state.values()
                                       for t in per_param.values() if torch.is_tensor(t))
-    if saved_at != state.step:  # the same decision in every process: each joins the save
+    if cfg.checkpoint_every and saved_at != state.step:  # the same decision in every process: each joins the save
         _save_checkpoint(model, optimizer, scheduler, state, run)
     return state
 

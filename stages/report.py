@@ -1,7 +1,8 @@
 """Stage `report`: reports/report.md with the headline table, learning curve, confusion matrix and the
 most frequent error kinds with example sentences.
 
-    python stages/report.py --train reports/train --eval reports/eval --timings reports/timings --out reports/report.md --figures reports/figures
+    python stages/report.py --train reports/train --eval reports/eval --timings reports/timings \
+        --out reports/report.md --figures reports/figures
 
 The stage wall times come from reports/timings/, which is not a dep (dvc.yaml says why): the table shows
 the timings there when the report was made.

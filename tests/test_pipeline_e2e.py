@@ -109,7 +109,8 @@ def test_each_stage_forced_again_writes_the_same_bytes(repo):
     after = out_digests(repo)
     varying = {"reports/train/run.json", "reports/report.md"} | {p for p in before if p.startswith("reports/timings/")}
     assert {"data/raw", "data/prepared", "reports/untrained/metrics.json", "data/model", "reports/train/metrics.json",
-            "reports/train/history.csv", "reports/eval/metrics.json", "reports/eval/predictions_test.conll"} <= set(before)
+            "reports/train/history.csv", "reports/eval/metrics.json", "reports/eval/predictions_test.conll"
+            } <= set(before)
     assert {p: d for p, d in after.items() if p not in varying} == {p: d for p, d in before.items() if p not in varying}
     assert after["reports/train/run.json"] != before["reports/train/run.json"]  # a new training is a new run
 

@@ -378,8 +378,9 @@ def test_a_failure_after_training_resumes_at_the_end_without_a_step(repo, refere
     monkeypatch.setattr(nerpipe.train.loop, "train_step", no_step)
     state = train_model(params, paths)
     assert "resuming from the checkpoint at step 18 (epoch 3)" in capsys.readouterr().out
-    assert state.step == 18 and results(repo)["model"] == reference["model"]
-    assert {k: v for k, v in results(repo).items() if k != "eval"} == {k: v for k, v in reference.items() if k != "eval"}
+    assert state.step == 18
+    assert {k: v for k, v in results(repo).items() if k != "eval"} == {
+        k: v for k, v in reference.items() if k != "eval"}  # model bytes, train metrics, histories
     assert json.loads((repo.root / "reports/train/run.json").read_text())["run_id"] == saved["mlflow_run_id"]
     assert sorted(os.listdir(repo.root / "data/checkpoints")) == ["best"]
     run = mlflow.MlflowClient().get_run(saved["mlflow_run_id"])

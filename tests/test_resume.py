@@ -322,9 +322,9 @@ def test_ctrl_c_stops_after_a_checkpoint_and_repro_resumes(repo, reference, tmp_
     step = checkpoint_step(repo)
     assert f"stopped at step {step}; the checkpoint in data/checkpoints resumes on the next `dvc repro`" in output
     assert "exited with 130" in output and "Traceback" not in output
-    # This configuration already finished here (`reference`): plain `dvc repro` would restore it from
-    # DVC's run-cache without training; --no-run-cache makes it resume the checkpoint.
-    result = repo.repro("--no-run-cache", "train")  # identical weights make identical eval metrics (see above)
+    # Forced, as the stopped run was: unforced, `dvc repro` finds train unchanged since its last finished
+    # run (dvc.lock) and checks that run's outputs out of the cache, without training.
+    result = repo.run(*TRAIN_CMD)  # identical weights make identical eval metrics (see the tests above)
     assert f"resuming from the checkpoint at step {step} " in result.stdout
     assert {k: v for k, v in results(repo).items() if k != "eval"} == {
         k: v for k, v in reference.items() if k != "eval"}

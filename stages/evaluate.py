@@ -33,7 +33,8 @@ def main():
     parser.add_argument("--untrained", type=Path, required=True, help="metrics of the untrained head")
     parser.add_argument("--run", type=Path, required=True, help="run.json of the train stage (MLflow run id)")
     parser.add_argument("--out", type=Path, required=True, help="directory for metrics, confusion, predictions")
-    parser.add_argument("--timings", type=Path, required=True, help="JSON file for the stage's wall times")
+    parser.add_argument("--timings", type=Path, help="JSON file for the stage's wall times (none if not "
+                        "given)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     with exit_on_user_error():
@@ -56,7 +57,8 @@ def main():
         write_json(args.out / "metrics.json", metrics)
         timings = {"seconds": round(time.perf_counter() - started, 2), **{
             f"{name}_seconds": r["seconds"] for name, r in results.items()}}
-        write_json(args.timings, timings)
+        if args.timings:
+            write_json(args.timings, timings)
         log_evaluation(run_id, params.evaluate, metrics, timings, args.out)
         values = flatten_metrics(metrics)
         for name in results:

@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--raw", type=Path, required=True, help="download's output: train.txt, valid.txt, test.txt, "
                         "sources.json")
     parser.add_argument("--out", type=Path, required=True, help="directory for the prepared datasets")
-    parser.add_argument("--timings", type=Path, required=True, help="JSON file for the stage's wall time")
+    parser.add_argument("--timings", type=Path, help="JSON file for the stage's wall time (none if not given)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     with exit_on_user_error():
@@ -34,7 +34,8 @@ def main():
         started = time.perf_counter()  # the corpus work: parse, tokenize, align, write
         stats = prepare_corpus({split: args.raw / f"{split}.txt" for split in SPLITS}, tokenizer, params.prepare,
                                args.out, sources=read_sources(args.raw))
-        write_json(args.timings, {"seconds": round(time.perf_counter() - started, 2)})
+        if args.timings:
+            write_json(args.timings, {"seconds": round(time.perf_counter() - started, 2)})
         for split, s in stats.items():
             print(f"{split}: {s['sentences']} sentences, {s['words']} words, {s['windows']} windows "
                   f"({s['sentences_windowed']} sentences windowed), {s['subtokens_per_word']} sub-tokens/word")

@@ -25,7 +25,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="prepared data directory")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
-    parser.add_argument("--timings", type=Path, required=True, help="JSON file for the stage's wall time")
+    parser.add_argument("--timings", type=Path, help="JSON file for the stage's wall time (none if not given)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     with exit_on_user_error():
@@ -38,7 +38,8 @@ def main():
                                   params.evaluate.batch_size, device)
         untrained = untrained_metrics({name: r["scores"] for name, r in results.items()})
         write_json(args.out, untrained)
-        write_json(args.timings, {"seconds": round(time.perf_counter() - started, 2)})  # for MLflow and the report
+        if args.timings:  # for MLflow and the report
+            write_json(args.timings, {"seconds": round(time.perf_counter() - started, 2)})
         values = flatten_untrained(untrained)
         for name in results:
             print(f"{name}: untrained-head F1 {values[f'before_finetuning.{name}.conlleval.f1']:.4f}")

@@ -23,7 +23,8 @@ def main():
     parser.add_argument("--checkpoints", type=Path, required=True,
                         help="resumable checkpoint directory (not a DVC output: git- and DVC-ignored)")
     parser.add_argument("--reports", type=Path, required=True, help="history CSVs, metrics.json, run.json")
-    parser.add_argument("--timings", type=Path, required=True, help="JSON file for wall times, speed and memory")
+    parser.add_argument("--timings", type=Path, help="JSON file for wall times, speed and memory (none if not "
+                        "given)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     with exit_on_user_error():

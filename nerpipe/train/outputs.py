@@ -32,5 +32,6 @@ def write_reports(state, total_steps, model, device, model_dir, reports, timings
     metrics = {**summary(state, total_steps), **used}
     timings = {"seconds": round(seconds, 2), **speed(state), **memory}
     write_json(reports / "metrics.json", metrics)
-    write_json(timings_file, timings)
+    if timings_file:
+        write_json(timings_file, timings)
     return metrics, timings

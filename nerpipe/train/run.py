@@ -30,7 +30,7 @@ class TrainPaths:
     model_out: Path  # data/model
     checkpoints: Path  # resumable checkpoints, not a DVC output
     reports: Path  # reports/train: history.csv, dev_eval.csv, metrics.json, run.json
-    timings: Path  # reports/timings/train.json
+    timings: Path | None = None  # reports/timings/train.json
 
 
 def train_model(params, paths):

@@ -289,7 +289,9 @@ def step_pipeline(check, timeout):
         result["error"] = "\n".join(line for _, line in lines[-15:])
         return result
     reports = repo / "reports"
-    train = json.loads((reports / "train/metrics.json").read_text())
+    # speed is in the timings file (reports/timings/train.json), the rest in train/metrics.json
+    train = {**json.loads((reports / "train/metrics.json").read_text()),
+             **json.loads((reports / "timings/train.json").read_text())}
     evaluation = json.loads((reports / "eval/metrics.json").read_text())
     result["train"] = {k: train[k] for k in ("steps", "train_seconds", "train_sentences_per_second",
                                              "train_subtokens_per_second", "best_dev_f1")}

@@ -98,7 +98,7 @@ def trains_in_bf16(trainer, device):
 
 
 # --------------------------------------------------------------------------------------------------
-# nerpipe's trainer, through the same calls stages/train.py makes
+# nerpipe's trainer, through the same calls nerpipe/train/run.py makes
 # --------------------------------------------------------------------------------------------------
 def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, weight_decay, max_grad_norm,
                 eval_batch_size, eval_splits, bf16="auto", device="cpu"):

@@ -1,7 +1,8 @@
 """Stage `evaluate`: predict dev and test with the trained model and score them with seqeval.
 
     python stages/evaluate.py --data data/prepared --model data/model \
-        --untrained reports/untrained/metrics.json --out reports/eval
+        --untrained reports/untrained/metrics.json --run reports/train/run.json --out reports/eval \
+        --timings reports/timings/evaluate.json
 
 Writes metrics.json (entity P/R/F1 micro and per type in conlleval and strict IOB2 modes, token
 accuracy and per-tag report, before-fine-tuning F1), confusion_test.csv (per-type confusion, a DVC
@@ -21,7 +22,8 @@ from nerpipe.evaluate.metrics import evaluation_metrics, flatten_metrics
 from nerpipe.evaluate.splits import evaluate_splits, type_confusion
 from nerpipe.model.device import pick_device, set_tf32, use_bf16
 from nerpipe.model.loading import load_tokenizer, load_trained
-from nerpipe.track import runs as tracking
+from nerpipe.track.results import log_evaluation
+from nerpipe.track.store import run_of_model
 
 
 def main():
@@ -31,12 +33,14 @@ def main():
     parser.add_argument("--untrained", type=Path, required=True, help="metrics of the untrained head")
     parser.add_argument("--run", type=Path, required=True, help="run.json of the train stage (MLflow run id)")
     parser.add_argument("--out", type=Path, required=True, help="directory for metrics, confusion, predictions")
+    parser.add_argument("--timings", type=Path, help="JSON file for the stage's wall times (none if not "
+                        "given)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     with exit_on_user_error():
         params = load_params(args.params)
         started = time.perf_counter()
-        run_id = tracking.run_of_model(args.run)  # an unreachable tracking server fails here, in seconds
+        run_id = run_of_model(args.run)  # an unreachable tracking server fails here, in seconds
         device = pick_device()
         bf16 = use_bf16(params.train.bf16, device)
         set_tf32(device, bf16)
@@ -44,15 +48,18 @@ def main():
         pad_id = load_tokenizer(str(args.model)).pad_token_id
         results = evaluate_splits(model, args.data, pad_id, params.evaluate.batch_size, device, bf16)
         metrics = evaluation_metrics({name: r["scores"] for name, r in results.items()},
-                                     json.loads(args.untrained.read_text()),
-                                     {name: r["seconds"] for name, r in results.items()})
+                                     json.loads(args.untrained.read_text()))
         for name, r in results.items():
             write_text(args.out / f"predictions_{name}.conll", format_predictions(r["data"].words, r["data"].gold,
                                                                                   r["pred"]))
         with atomic_path(args.out / "confusion_test.csv") as tmp:
             type_confusion(results["test"]["data"].gold, results["test"]["pred"]).to_csv(tmp, index=False)
         write_json(args.out / "metrics.json", metrics)
-        tracking.log_evaluation(run_id, params.evaluate, metrics, time.perf_counter() - started, args.out)
+        timings = {"seconds": round(time.perf_counter() - started, 2), **{
+            f"{name}_seconds": r["seconds"] for name, r in results.items()}}
+        if args.timings:
+            write_json(args.timings, timings)
+        log_evaluation(run_id, params.evaluate, metrics, timings, args.out)
         values = flatten_metrics(metrics)
         for name in results:
             print(f"{name}: F1 {values[f'{name}.conlleval.f1']:.4f} (conlleval), {values[f'{name}.strict.f1']:.4f} "

@@ -122,7 +122,7 @@ def test_sigkill_of_one_process_then_repro_resumes_to_the_same_metrics(repo, tmp
     assert time.monotonic() - started < 45, "the other process was not stopped within torchrun's grace time"
     step = checkpoint_step(repo)
     repo.env["PYTHONPATH"] = str(repo.root)
-    result = repo.repro("train")
+    result = repo.run(*TRAIN_CMD)  # forced: unforced, DVC would check the unchanged stage's outputs out
     assert f"resuming from the checkpoint at step {step} " in result.stdout
     assert {k: v for k, v in results(repo).items() if k != "eval"} == {
         k: v for k, v in reference.items() if k != "eval"}
@@ -172,5 +172,5 @@ def test_a_checkpoint_of_two_processes_is_refused_and_kept_by_one(repo, tmp_path
             "train.processes=2, or delete data/checkpoints to train from the start") in result.stdout + result.stderr
     assert state.is_file()
     set_params(repo.root / "params.yaml", ["train.processes=2"])
-    resumed = repo.repro("train")
+    resumed = repo.run(*TRAIN_CMD)
     assert f"resuming from the checkpoint at step {saved['state']['step']} " in resumed.stdout

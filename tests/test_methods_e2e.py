@@ -90,7 +90,8 @@ def test_exp_run_lora_reruns_train_and_after_and_everything_reads_the_result(rep
     # AdamW: two fp32 moments per trainable parameter, and a step counter per tensor (10 tensors)
     assert train["optimizer_state_mib"] == round((2 * 4 * 2345 + 10 * 4) / 2**20, 3)
     assert full["optimizer_state_mib"] > 10 * train["optimizer_state_mib"]
-    assert train["peak_rss_mib"] > 100 and 0 < train["adapter_mib"] < 1
+    assert 0 < train["adapter_mib"] < 1
+    assert json.loads((root / "reports/timings/train.json").read_text())["peak_rss_mib"] > 100  # memory: apart
     method = json.loads((root / "data/model/nerpipe_method.json").read_text())
     assert method == {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "auto", "merged": True}
     assert json.loads((root / "data/model/adapter/adapter_config.json").read_text())["r"] == 8
@@ -110,6 +111,7 @@ def test_sigkill_mid_run_then_repro_resumes_a_lora_run_exactly(repo, tmp_path):
     reference = results(repo)
     step = killed_after_a_checkpoint(repo, tmp_path / "killed.log")
     assert 2 <= step < 18
-    result = repo.repro("report")
+    result = repo.run(*TRAIN_CMD)  # forced: unforced, DVC would check the unchanged stage's outputs out
     assert f"resuming from the checkpoint at step {step} " in result.stdout
+    repo.repro("report")
     assert results(repo) == reference

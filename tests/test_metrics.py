@@ -14,7 +14,7 @@ from nerpipe.evaluate.metrics import (
     untrained_metrics,
 )
 from nerpipe.evaluate.scoring import score_split
-from nerpipe.report.pr_report import EVAL_METRICS, TRAIN_METRICS, metrics_table
+from nerpipe.report.pr_report import EVAL_METRICS, TRAIN_METRICS, TRAIN_TIMINGS, metrics_table
 from nerpipe.report.render import headline_table
 
 
@@ -37,9 +37,7 @@ METRICS = {
              "strict": mode_scores(1.0, {"creative-work": 1.0, "person": 1.0}),
              "token": {"accuracy": 1.0, "per_tag": {}}},
     "before_finetuning": {"dev": {"conlleval": mode_scores(0.1, {"person": 0.2}), "strict": mode_scores(0.0, {})},
-                          "test": {"conlleval": mode_scores(0.05, {}), "strict": mode_scores(0.0, {})},
-                          "seconds": 12.5},
-    "seconds": {"dev": 3.0, "test": 4.0},
+                          "test": {"conlleval": mode_scores(0.05, {}), "strict": mode_scores(0.0, {})}},
 }
 
 
@@ -54,8 +52,7 @@ def test_flatten_gives_every_named_value_with_its_mlflow_name():
                 **prf("test.conlleval", 1.0), **prf("test.conlleval.creative-work", 1.0),
                 **prf("test.conlleval.person", 1.0), "before_finetuning.test.conlleval.f1": 0.05,
                 **prf("test.strict", 1.0), **prf("test.strict.creative-work", 1.0), **prf("test.strict.person", 1.0),
-                "before_finetuning.test.strict.f1": 0.0, "test.token_accuracy": 1.0,
-                "stage_seconds.score_untrained": 12.5}
+                "before_finetuning.test.strict.f1": 0.0, "test.token_accuracy": 1.0}
     flat = flatten_metrics(METRICS)
     assert flat == expected
     assert list(flat) == list(expected)  # grouped by split, then mode
@@ -76,22 +73,20 @@ def test_the_written_files_flatten_to_the_scores_of_known_predictions():
     gold = [["B-PER", "I-PER", "O"], ["B-LOC", "O"]]
     found_per = [["B-PER", "I-PER", "O"], ["O", "O"]]  # 1 of 2 entities, no false positive
     untrained = untrained_metrics({"dev": score_split(gold, [["O"] * 3, ["B-PER", "O"]]),
-                                   "test": score_split(gold, [["O"] * 3, ["O"] * 2])}, 7.256)
-    assert set(untrained) == {"dev", "test", "seconds"} and untrained["seconds"] == 7.26
+                                   "test": score_split(gold, [["O"] * 3, ["O"] * 2])})
+    assert set(untrained) == {"dev", "test"}  # no wall time: a DVC output, the same bytes for the same inputs
     assert set(untrained["dev"]) == {"conlleval", "strict"}  # no token report before fine-tuning
     assert flatten_untrained(untrained) == {
         "before_finetuning.dev.conlleval.f1": 0.0, "before_finetuning.dev.strict.f1": 0.0,
-        "before_finetuning.test.conlleval.f1": 0.0, "before_finetuning.test.strict.f1": 0.0,
-        "stage_seconds.score_untrained": 7.26}
-    metrics = evaluation_metrics({"dev": score_split(gold, found_per), "test": score_split(gold, gold)}, untrained,
-                                 {"dev": 1.0, "test": 2.0})
-    assert list(metrics) == ["dev", "test", "before_finetuning", "seconds"]
+        "before_finetuning.test.conlleval.f1": 0.0, "before_finetuning.test.strict.f1": 0.0}
+    metrics = evaluation_metrics({"dev": score_split(gold, found_per), "test": score_split(gold, gold)}, untrained)
+    assert list(metrics) == ["dev", "test", "before_finetuning"]
     flat = flatten_metrics(metrics)
     assert flat["dev.conlleval.precision"] == 1.0 and flat["dev.conlleval.recall"] == 0.5
     assert flat["dev.conlleval.f1"] == pytest.approx(2 / 3, abs=1e-6)
     assert flat["dev.strict.PER.f1"] == 1.0 and flat["dev.strict.LOC.f1"] == 0.0
     assert flat["dev.token_accuracy"] == 0.8 and flat["test.token_accuracy"] == 1.0
-    assert len(flat) == 2 * (2 * 3 * 3 + 2 + 1) + 1  # per split: 2 modes x (all, LOC, PER) x P/R/F1, before, token
+    assert len(flat) == 2 * (2 * 3 * 3 + 2 + 1)  # per split: 2 modes x (all, LOC, PER) x P/R/F1, before, token
 
 
 def test_an_older_file_without_some_values_flattens_to_those_it_has():
@@ -124,7 +119,8 @@ def test_pr_table_compares_the_types_either_revision_has():
                            "dev.conlleval.per_type.person.support": {"old": 1, "new": 1},
                            "dev.conlleval.per_type.creative-work.f1": {"old": None, "new": 0.0},
                            "before_finetuning.dev.conlleval.f1": {"old": 0.1, "new": 0.1}},
-            TRAIN_METRICS: {"train_seconds": {"old": 100.0, "new": 90.5}}}
+            TRAIN_TIMINGS: {"train_seconds": {"old": None, "new": 90.5}},
+            TRAIN_METRICS: {"train_seconds": {"old": 100.0, "new": None}}}  # where a base before the timings file had it
     assert metrics_table(diff).splitlines()[2:] == [
         "| dev F1 | 25.00 | 50.00 | +25.00 |",
         "| dev F1 creative-work | – | 0.00 | – |",

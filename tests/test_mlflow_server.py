@@ -23,7 +23,7 @@ from tests.pipeline_repo import PipelineRepo, tiny_overrides
 
 BIN = Path(sys.executable).parent
 TRAIN = ["python", "stages/train.py", "--data", "data/prepared", "--model-out", "data/model",
-         "--checkpoints", "data/checkpoints", "--reports", "reports/train"]
+         "--checkpoints", "data/checkpoints", "--reports", "reports/train", "--timings", "reports/timings/train.json"]
 SENTENCE = "Peter Smith visited London on Monday ."
 
 

@@ -13,7 +13,7 @@ from nerpipe.core.set_params import set_params
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 
 TRAIN = ["python", "stages/train.py", "--data", "data/prepared", "--model-out", "data/model",
-         "--checkpoints", "data/checkpoints", "--reports", "reports/train"]
+         "--checkpoints", "data/checkpoints", "--reports", "reports/train", "--timings", "reports/timings/train.json"]
 FINAL_METRICS = {"train.steps", "dev.conlleval.f1", "test.strict.ORG.f1", "before_finetuning.dev.strict.f1",
                  "stage_seconds.train", "stage_seconds.evaluate"}
 ARTIFACTS = {"report.md", "dvc.lock", "labels.json", "eval", "figures", "train"}

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from nerpipe.core.params import read_yaml
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 
 
@@ -15,6 +16,16 @@ def repo(tmp_path_factory, fixture_dir, fixture_sha256, tiny_model_dir):
     assert PipelineRepo.stages_run(result) == ["check_params", "download", "prepare", "score_untrained", "train",
                                                "evaluate", "report"], result.stdout
     return repo
+
+
+def run_id(repo):
+    return json.loads((repo.root / "reports/train/run.json").read_text())["run_id"]
+
+
+def out_digests(repo):
+    """{output path: md5} of every output in dvc.lock."""
+    lock = read_yaml(repo.root / "dvc.lock")["stages"]
+    return {out["path"]: out["md5"] for entry in lock.values() for out in entry.get("outs", [])}
 
 
 def test_outputs_hold_real_values(repo, fixture_dir, fixture_sha256):
@@ -43,6 +54,11 @@ def test_outputs_hold_real_values(repo, fixture_dir, fixture_sha256):
     assert train["steps"] == train["planned_steps"] == 6  # 10 windows+1 / batch 4 -> 3 steps x 2 epochs
     report = (root / "reports/report.md").read_text()
     assert "| test | **all** |" in report and "figures/learning_curve.png" in report
+    timings = json.loads((root / "reports/timings/train.json").read_text())  # the wall times, apart
+    assert timings["train_seconds"] > 0 and f"| train: optimizer steps | {timings['train_seconds']:.1f} |" in report
+    written = {p.name for p in (root / "reports/timings").iterdir()}
+    assert written == {"prepare.json", "score_untrained.json", "train.json", "evaluate.json"}
+    assert "seconds" not in json.loads((root / "data/prepared/stats.json").read_text())
     assert (root / "reports/figures/confusion_test.png").stat().st_size > 1000
     assert (root / "data/model/model.safetensors").exists()
 
@@ -53,6 +69,7 @@ def test_nothing_changed_reruns_nothing(repo):
 
 def test_lr_change_reruns_only_train_evaluate_report(repo):
     repo.commit("after first run")
+    repo.first_run_id = run_id(repo)
     result = repo.run("dvc", "exp", "run", "-S", "lr=3e-5")
     assert PipelineRepo.stages_run(result) == ["check_params", "train", "evaluate", "report"]
     run = json.loads((repo.root / "reports/train/metrics.json").read_text())
@@ -60,6 +77,49 @@ def test_lr_change_reruns_only_train_evaluate_report(repo):
     # YAML 1.2: what `-S lr=3e-5` wrote is read back as the float, not the string "3e-05".
     from nerpipe.core.params import load_params
     assert load_params(repo.root / "params.yaml").lr == pytest.approx(3e-5)
+
+
+def test_a_configuration_already_run_is_restored_from_the_run_cache(repo):
+    """No persist output, so DVC run-caches train, evaluate and report: going back to a configuration
+    trains nothing, and run.json names the MLflow run that made the restored model."""
+    other_run_id = run_id(repo)  # lr=3e-5, from the test above
+    assert other_run_id != repo.first_run_id
+    repo.run("git", "checkout", "params.yaml", "dvc.lock")  # back to the committed lr=0.001
+    result = repo.repro()
+    assert PipelineRepo.stages_run(result) == [], result.stdout
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in result.stdout
+    assert run_id(repo) == repo.first_run_id
+    assert "up to date" in repo.run("dvc", "status").stdout
+    result = repo.run("dvc", "exp", "run", "-S", "lr=3e-5")
+    assert PipelineRepo.stages_run(result) == ["check_params"], result.stdout
+    assert run_id(repo) == other_run_id
+
+
+def test_a_comment_in_the_download_code_reruns_download_and_prepare_only(repo):
+    """Byte-stable outputs: the same data, re-downloaded and re-prepared, stops the cascade at prepare."""
+    with open(repo.root / "nerpipe/data/fetch.py", "a") as source:
+        source.write("# a comment\n")
+    try:
+        result = repo.repro()
+    finally:
+        repo.run("git", "checkout", "nerpipe/data/fetch.py")
+    assert PipelineRepo.stages_run(result) == ["download", "prepare"], result.stdout
+
+
+def test_each_stage_forced_again_writes_the_same_bytes(repo):
+    """Every output but run.json (the MLflow run) and the timings files, byte for byte (CPU). prepare's
+    are checked by the test above: DVC skipped what follows it."""
+    before = out_digests(repo)
+    stages = ["download", "score_untrained", "train", "evaluate"]
+    assert PipelineRepo.stages_run(repo.repro("--force", "--single-item", *stages)) == stages
+    after = out_digests(repo)
+    varying = {"reports/train/run.json", "reports/report.md"} | {p for p in before if p.startswith("reports/timings/")}
+    assert {"data/raw", "data/prepared", "reports/untrained/metrics.json", "data/model", "reports/train/metrics.json",
+            "reports/train/history.csv", "reports/eval/metrics.json", "reports/eval/predictions_test.conll"
+            } <= set(before)
+    assert {p: d for p, d in after.items() if p not in varying} == {p: d for p, d in before.items() if p not in varying}
+    assert after["reports/train/run.json"] != before["reports/train/run.json"]  # a new training is a new run
+    assert after["reports/timings/train.json"] != before["reports/timings/train.json"]
 
 
 def test_max_length_change_reruns_prepare_onward(repo):

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,6 +44,8 @@ def train(model_dir, prepared, checkpoint_dir, cfg=CFG, settings="tiny", log_met
     devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, 8)
     state = fit(model, train_split.examples, RunContext(cfg, LR, 0, device, False, checkpoints,
                                                         dev_scorer(devset, 0, device, False), log_metrics))
+    assert torch.load(checkpoint_dir / "last/state.pt", weights_only=True)["state"]["step"] == state.step
+    checkpoints.finish()  # as nerpipe.train.run does once the model, reports and MLflow logging are done
     return state, model, checkpoints
 
 
@@ -174,6 +177,46 @@ def test_resume_restores_the_best_model_of_the_checkpoint(tiny_model_dir, tmp_pa
     assert (tmp_path / "last/best/model.safetensors").stat().st_nlink >= 2  # hard links, not copies
 
 
+def edited_copy(module, tmp_path):
+    """A copy of `module`'s source with a line added: what a later edit of the file looks like to run_settings."""
+    copy = tmp_path / f"{module.__name__}.py"
+    copy.write_text(Path(module.__file__).read_text() + "# edited\n")
+    return str(copy)
+
+
+def test_only_code_that_decides_the_trajectory_discards_a_checkpoint(prepared, tmp_path, monkeypatch, capsys):
+    import nerpipe.predict.command
+    import nerpipe.track.trained_model
+    import nerpipe.train.loop
+    import nerpipe.train.outputs
+
+    train_split, dev = PreparedSplit(prepared, "train"), PreparedSplit(prepared, "valid")
+    where = {"device": torch.device("cpu"), "bf16": False, "tf32": False}
+    settings = run_settings({"lr": 0.001}, train_split.examples, dev.examples, **where)
+    assert not [k for k in settings if k.startswith("source of") and
+                k.removeprefix("source of ").startswith(("nerpipe.track", "nerpipe.predict", "nerpipe.report",
+                                                         "nerpipe.train.outputs", "__main__"))]
+    # Tracking, export and prediction code edited: the same settings, so the checkpoint resumes.
+    for module in (nerpipe.track.trained_model, nerpipe.train.outputs, nerpipe.predict.command):
+        monkeypatch.setattr(module, "__file__", edited_copy(module, tmp_path))
+    assert run_settings({"lr": 0.001}, train_split.examples, dev.examples, **where) == settings
+    # The loop edited: a checkpoint of the old code is discarded, naming the module.
+    monkeypatch.setattr(nerpipe.train.loop, "__file__", edited_copy(nerpipe.train.loop, tmp_path))
+    edited = run_settings({"lr": 0.001}, train_split.examples, dev.examples, **where)
+    assert [k for k in settings if settings[k] != edited[k]] == ["source of nerpipe.train.loop"]
+
+
+def test_the_checkpoint_covers_the_params_of_the_trajectory_only(tiny_model_dir):
+    from nerpipe.core.params import load_params
+    from nerpipe.train.checkpoints import trajectory_params
+
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    covered = trajectory_params(params)
+    assert {"lr", "model.name", "train.seed", "train.method", "train.processes", "prepare.max_length"} <= set(covered)
+    assert not [k for k in covered if k.startswith(("mlflow.", "evaluate.", "data."))]
+    assert "train.checkpoint_every" not in covered
+
+
 def test_run_settings_change_with_the_data_and_name_the_code(prepared):
     train_split, dev = PreparedSplit(prepared, "train"), PreparedSplit(prepared, "valid")
     where = {"device": torch.device("cpu"), "bf16": False, "tf32": False}
@@ -190,8 +233,6 @@ def test_run_settings_change_with_the_data_and_name_the_code(prepared):
 
 # --- the real pipeline: `dvc repro` killed, interrupted, re-run ------------------------------------
 
-TIMING = ("train_seconds", "dev_eval_seconds", "train_sentences_per_second", "train_subtokens_per_second",
-          "peak_rss_mib")  # and the memory the process happened to reach
 TRAIN_CMD = ("dvc", "repro", "--force", "--single-item", "train")
 
 
@@ -209,12 +250,11 @@ def reference(repo):
 
 
 def results(repo):
-    """What a run produced, less wall-clock timings: train and eval metrics, histories, model bytes."""
+    """What a run produced: train and eval metrics (no timings in them), histories, model bytes."""
     root = repo.root
     train = json.loads((root / "reports/train/metrics.json").read_text())
     evaluation = json.loads((root / "reports/eval/metrics.json").read_text())
-    evaluation.pop("seconds")
-    return {"train": {k: v for k, v in train.items() if k not in TIMING}, "eval": evaluation,
+    return {"train": train, "eval": evaluation,
             "history": (root / "reports/train/history.csv").read_text(),
             "dev_eval": (root / "reports/train/dev_eval.csv").read_text(),
             "model": hashlib.sha256((root / "data/model/model.safetensors").read_bytes()).hexdigest()}
@@ -258,7 +298,15 @@ def test_same_seed_gives_identical_metrics(repo, reference):
 def test_sigkill_mid_run_then_repro_resumes_with_identical_metrics(repo, reference, tmp_path):
     step = killed_after_a_checkpoint(repo, tmp_path / "killed.log")
     assert 2 <= step < 18
-    result = repo.repro("evaluate")
+    # A fix to tracking or reporting code meanwhile does not change what training computes: it resumes.
+    edited = ["nerpipe/track/store.py", "nerpipe/track/trained_model.py", "nerpipe/report/render.py"]
+    for path in edited:
+        with open(repo.root / path, "a") as source:
+            source.write("# a fix after the crash\n")
+    try:
+        result = repo.repro("evaluate")
+    finally:
+        repo.run("git", "checkout", *edited)
     assert PipelineRepo.stages_run(result) == ["train", "evaluate"]
     assert f"resuming from the checkpoint at step {step} " in result.stdout
     assert results(repo) == reference
@@ -274,7 +322,9 @@ def test_ctrl_c_stops_after_a_checkpoint_and_repro_resumes(repo, reference, tmp_
     step = checkpoint_step(repo)
     assert f"stopped at step {step}; the checkpoint in data/checkpoints resumes on the next `dvc repro`" in output
     assert "exited with 130" in output and "Traceback" not in output
-    result = repo.repro("train")  # identical weights make identical eval metrics (see the tests above)
+    # Forced, as the stopped run was: unforced, `dvc repro` finds train unchanged since its last finished
+    # run (dvc.lock) and checks that run's outputs out of the cache, without training.
+    result = repo.run(*TRAIN_CMD)  # identical weights make identical eval metrics (see the tests above)
     assert f"resuming from the checkpoint at step {step} " in result.stdout
     assert {k: v for k, v in results(repo).items() if k != "eval"} == {
         k: v for k, v in reference.items() if k != "eval"}
@@ -294,3 +344,46 @@ def test_checkpoint_from_other_params_is_discarded_and_another_seed_changes_metr
     assert other["train"]["steps"] == 18
     assert other["history"] != reference["history"] and other["model"] != reference["model"]
     assert other["eval"] != reference["eval"]
+
+
+def test_a_failure_after_training_resumes_at_the_end_without_a_step(repo, reference, monkeypatch, capsys):
+    """The last checkpoint is removed only once data/model, the reports and the MLflow logging are done:
+    the final logging fails, and the next run resumes at the last step and trains no more."""
+    import mlflow
+
+    import nerpipe.train.loop
+    import nerpipe.train.run
+    from nerpipe.core.params import load_params
+    from nerpipe.train.run import TrainPaths, train_model
+
+    monkeypatch.chdir(repo.root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the repository's mlflow.db, as under dvc repro
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", mlflow.get_tracking_uri())
+    params = load_params(Path("params.yaml"))
+    paths = TrainPaths(Path("data/prepared"), Path("data/model"), Path("data/checkpoints"), Path("reports/train"),
+                       Path("reports/timings/train.json"))
+
+    def server_gone(*args, **kwargs):
+        raise Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nerpipe.train.run, "log_training", server_gone)
+        with pytest.raises(Crash):
+            train_model(params, paths)
+    saved = torch.load(repo.root / "data/checkpoints/last/state.pt", weights_only=True)
+    assert saved["state"]["step"] == 18
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("an optimizer step after the training had finished")
+
+    monkeypatch.setattr(nerpipe.train.loop, "train_step", no_step)
+    state = train_model(params, paths)
+    assert "resuming from the checkpoint at step 18 (epoch 3)" in capsys.readouterr().out
+    assert state.step == 18
+    assert {k: v for k, v in results(repo).items() if k != "eval"} == {
+        k: v for k, v in reference.items() if k != "eval"}  # model bytes, train metrics, histories
+    assert json.loads((repo.root / "reports/train/run.json").read_text())["run_id"] == saved["mlflow_run_id"]
+    assert sorted(os.listdir(repo.root / "data/checkpoints")) == ["best"]
+    run = mlflow.MlflowClient().get_run(saved["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["train.steps"] == 18

@@ -211,7 +211,8 @@ class TrainParams:
     patience: int = 2
     """Stop after this many evaluations without a better dev F1 (0: never stop early)."""
     checkpoint_every: int = 200
-    """Write a resumable checkpoint every N optimizer steps (0: never)."""
+    """Write a resumable checkpoint every N optimizer steps, and one at the end, kept until the stage's
+    outputs and MLflow logging are done (0: never, except on Ctrl-C)."""
     bf16: str = "auto"
     """The precision of training and evaluation: 'auto', 'on' or 'off'. 'on' trains under bf16
     autocast and, on a GPU, lets the matmuls autocast keeps in fp32 use TF32; 'off' is strict IEEE

@@ -1,14 +1,15 @@
 """The metric catalogue: the one place that knows the layout of the metrics files and the names of
 their values (in MLflow, report.md and the pull-request comment).
 
-    reports/untrained/metrics.json  {split: {mode: scores}, "seconds": s}
+    reports/untrained/metrics.json  {split: {mode: scores}}
     reports/eval/metrics.json       {split: {mode: scores, "token": {...}}, "before_finetuning": <the
-                                     untrained file>, "seconds": {split: s}}
+                                     untrained file>}
 
 split is dev or test; mode is conlleval or strict (nerpipe.evaluate.scoring); scores is {precision,
 recall, f1, support, per_type: {entity type: {precision, recall, f1, support}}}. A value's name is
 its path without `per_type`: test.strict.f1, test.strict.PER.f1, before_finetuning.dev.conlleval.f1,
-plus dev.token_accuracy and stage_seconds.score_untrained (README "MLflow" lists them).
+plus dev.token_accuracy (README "MLflow" lists them). Wall times are not in these files, which are DVC
+outputs and hold the same bytes for the same inputs: they go to reports/timings/ (see dvc.yaml).
 
 Entity types are the per_type keys the files hold, never a fixed list. Every table and plot lists
 them sorted by name, "O" (no entity) last: the order seqeval's per_type has in the file, and the same
@@ -22,14 +23,14 @@ MODES = ("conlleval", "strict")
 SCORES = ("precision", "recall", "f1")  # the per-entity values tracked; support is the data's, not the model's
 
 
-def untrained_metrics(scores, seconds):
-    """reports/untrained/metrics.json from score_split's output per split, and the stage's wall time."""
-    return {**{split: {mode: s[mode] for mode in MODES} for split, s in scores.items()}, "seconds": round(seconds, 2)}
+def untrained_metrics(scores):
+    """reports/untrained/metrics.json from score_split's output per split."""
+    return {split: {mode: s[mode] for mode in MODES} for split, s in scores.items()}
 
 
-def evaluation_metrics(scores, untrained, seconds):
-    """reports/eval/metrics.json from score_split's output per split, the untrained file, and seconds per split."""
-    return {**scores, "before_finetuning": untrained, "seconds": seconds}
+def evaluation_metrics(scores, untrained):
+    """reports/eval/metrics.json from score_split's output per split and the untrained file."""
+    return {**scores, "before_finetuning": untrained}
 
 
 def type_order(types):
@@ -60,8 +61,7 @@ def metric_name(split, mode, score, entity_type=None, before=False):
 
 def flatten_metrics(metrics):
     """Every named value of an evaluate metrics.json, {name: float}: P/R/F1 per split and mode, overall
-    and per type; F1 before fine-tuning; token accuracy; the score_untrained wall time. A value the
-    file lacks (an older layout) is left out."""
+    and per type; F1 before fine-tuning; token accuracy. A value the file lacks (an older layout) is left out."""
     values = {}
     for split in SPLITS:
         for mode in MODES:
@@ -74,9 +74,6 @@ def flatten_metrics(metrics):
         accuracy = metrics.get(split, {}).get("token", {}).get("accuracy")
         if accuracy is not None:
             values[f"{split}.token_accuracy"] = float(accuracy)
-    seconds = metrics.get("before_finetuning", {}).get("seconds")
-    if seconds is not None:
-        values["stage_seconds.score_untrained"] = float(seconds)
     return values
 
 

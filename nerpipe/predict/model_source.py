@@ -49,7 +49,7 @@ def load_trained_model(source):
 def _download(uri, destination):
     import mlflow
 
-    from nerpipe.track.runs import tracking_uri
+    from nerpipe.track.store import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:

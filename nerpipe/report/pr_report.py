@@ -26,6 +26,7 @@ from nerpipe.evaluate.metrics import flatten_metrics, headline_rows, type_order
 
 EVAL_METRICS = "reports/eval/metrics.json"
 TRAIN_METRICS = "reports/train/metrics.json"
+TRAIN_TIMINGS = "reports/timings/train.json"  # train_seconds; in TRAIN_METRICS in revisions made before it
 LINE_TEMPLATES = ("linear", "simple", "scatter", "smooth")
 CONFUSION_TEMPLATES = ("confusion", "confusion_normalized")
 
@@ -50,8 +51,9 @@ def metric_rows(metrics_diff):
     evaluation = [_revision_file(metrics_diff.get(EVAL_METRICS, {}), side) for side in ("old", "new")]
     old, new = (flatten_metrics(m) for m in evaluation)
     rows = [(label, old.get(name), new.get(name), "f1") for label, name in headline_rows(*evaluation)]
-    train_time = metrics_diff.get(TRAIN_METRICS, {}).get("train_seconds", {})
-    rows.append(("train time (s)", train_time.get("old"), train_time.get("new"), "seconds"))
+    times = [metrics_diff.get(path, {}).get("train_seconds", {}) for path in (TRAIN_TIMINGS, TRAIN_METRICS)]
+    old, new = (next((t[side] for t in times if t.get(side) is not None), None) for side in ("old", "new"))
+    rows.append(("train time (s)", old, new, "seconds"))
     return rows
 
 
@@ -102,11 +104,20 @@ def _param_cell(value):
 
 
 def plot_definitions(repo):
-    """{plot id: properties} of the top-level `plots:` in dvc.yaml."""
+    """{plot id: properties} of the plots in dvc.yaml: the top-level `plots:`, and each stage's `plots:`
+    outputs, whose id is their path (`y` given as {path: field} for both)."""
+    dvc_yaml = read_yaml(Path(repo) / "dvc.yaml") or {}
     defs = {}
-    for entry in (read_yaml(Path(repo) / "dvc.yaml") or {}).get("plots", []):
+    for entry in dvc_yaml.get("plots", []):
         plot_id, props = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
         defs[plot_id] = props or {}
+    for stage in dvc_yaml.get("stages", {}).values():
+        for entry in stage.get("plots", []):
+            path, props = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+            props = {k: v for k, v in (props or {}).items() if k not in ("cache", "persist")}
+            if isinstance(props.get("y"), str):
+                props["y"] = {path: props["y"]}
+            defs[path] = props
     return defs
 
 
@@ -170,7 +181,7 @@ def draw_confusions(points, revs, props, y_field, title, path):
 
 
 def draw_plots(repo, base, head, out_dir):
-    """Draw each top-level plot of dvc.yaml for both revisions into out_dir; Markdown image links."""
+    """Draw each plot of dvc.yaml for both revisions into out_dir; Markdown image links."""
     import matplotlib
     import pandas as pd
 
@@ -184,14 +195,15 @@ def draw_plots(repo, base, head, out_dir):
         points = pd.DataFrame(anchors.get("<DVC_METRIC_DATA>", []))
         template = props.get("template", "linear")
         if source is None or points.empty or template not in LINE_TEMPLATES + CONFUSION_TEMPLATES:
-            links.append(f"- {plot_id}: not drawn (no data at either revision, or not a one-column "
-                         "linear/confusion plot); see `dvc plots diff`")
+            links.append(f"- {props.get('title', plot_id)}: not drawn (no data at either revision, or not a "
+                         "one-column linear/confusion plot); see `dvc plots diff`")
             continue
         revs = [rev for rev in entries[0].get("revisions", []) if rev in set(points["rev"])]
         draw = draw_lines if template in LINE_TEMPLATES else draw_confusions
-        name = f"{_slug(plot_id)}.png"
-        draw(points, revs, props, source[1], plot_id, Path(out_dir) / name)
-        links.append(f"![{plot_id}]({name})")
+        title = props.get("title", plot_id)
+        name = f"{_slug(title)}.png"
+        draw(points, revs, props, source[1], title, Path(out_dir) / name)
+        links.append(f"![{title}]({name})")
     return links
 
 

@@ -66,7 +66,8 @@ def headline_table(metrics):
 
 
 def method_line(method, train):
-    """What the fine-tuning method trained and what it cost, from reports/train/metrics.json."""
+    """What the fine-tuning method trained and what it cost, from reports/train/metrics.json and the
+    train stage's timings file (peak memory, speed)."""
     gpu = f", peak GPU memory {train['peak_gpu_mib']:,.0f} MiB" if "peak_gpu_mib" in train else ""
     adapter = f"; adapter {train['adapter_mib']:.2f} MiB" if train["adapter_mib"] else ""
     return (f"Fine-tuning method **{method}**: {train['trainable_parameters']:,} of {train['total_parameters']:,} "
@@ -86,6 +87,15 @@ def errors_section(summary):
     return "\n".join(lines) if lines else "No entity errors on the test set."
 
 
+# The parts of a stage's wall time that its timings file names, as the report's table calls them.
+TIMED_PARTS = {"train_seconds": "optimizer steps", "dev_eval_seconds": "dev evaluations", "dev_seconds": "dev",
+               "test_seconds": "test"}
+
+
 def timings_table(timings):
-    rows = ["| stage | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    """Each stage's wall time and its parts, from the timings files ({stage: {"seconds": s, ...}})."""
+    rows = ["| stage | seconds |", "|---|---:|"]
+    for stage, values in timings.items():
+        rows.append(f"| {stage} | {values['seconds']:.1f} |")
+        rows += [f"| {stage}: {name} | {values[key]:.1f} |" for key, name in TIMED_PARTS.items() if key in values]
     return "\n".join(rows)

@@ -1,6 +1,6 @@
 """What the train stage logs to its MLflow run at the end: final training numbers, its reports, and
-the best model as an MLflow model. Apart from nerpipe.track.runs so that the stages that only resume a
-run (evaluate, report) do not import the model code.
+the best model as an MLflow model. Apart from the other nerpipe.track modules so that the stages that
+only resume a run (evaluate, report) do not import the model code.
 """
 
 import json
@@ -14,16 +14,16 @@ import mlflow.pyfunc
 
 import nerpipe
 from nerpipe.model.methods import ADAPTER_DIR
-from nerpipe.track.runs import _store_lock
 
 
-def log_training(metrics, seconds, data, reports, model, params):
-    """Final training numbers, stage wall times, labels.json and the train reports, and the best model
-    as an MLflow Python-function model (registered as mlflow.register_model if that is not empty)."""
-    with _store_lock():
-        mlflow.log_metrics({**{f"train.{k}": float(v) for k, v in metrics.items()},
-                            "stage_seconds.prepare": json.loads((data / "stats.json").read_text())["seconds"],
-                            "stage_seconds.train": seconds})
+def log_training(recording, metrics, timings, data, reports, model, params):
+    """On `recording` (a nerpipe.track.training_run.TrainingRun): the final training numbers (metrics.json
+    and the timings file, as train.<name>; the stage's wall time as stage_seconds.train), labels.json and
+    the train reports, and the best model as an MLflow Python-function model (registered as
+    mlflow.register_model if that is not empty)."""
+    with recording.lock():
+        mlflow.log_metrics({**{f"train.{k}": float(v) for k, v in {**metrics, **timings}.items() if k != "seconds"},
+                            "stage_seconds.train": float(timings["seconds"])})
         mlflow.log_artifact(str(data / "labels.json"))
         for name in ("metrics.json", "history.csv", "dev_eval.csv"):
             mlflow.log_artifact(str(reports / name), artifact_path="train")

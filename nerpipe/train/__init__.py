@@ -1,1 +1,1 @@
-"""The train stage: the training loop and its resumable checkpoints."""
+"""The train stage: its work (run.py), the training loop and its resumable checkpoints, and its outputs."""

@@ -1,13 +1,19 @@
 """Resumable training checkpoints, written atomically, refused when they come from other settings.
 
-Layout under the checkpoint directory (a DVC `persist` output, so `dvc repro` does not wipe it):
+Layout under the checkpoint directory (data/checkpoints: not a DVC output, and ignored by git and DVC,
+so that DVC can restore train from its run-cache and never wipes it):
   last/  model.safetensors + state.pt (optimizer, scheduler, the CPU RNG and that of the GPU in use,
          TrainState, settings)
          + best/, hard links to the best model as of that step
   best/  the best model by dev F1 so far, as save_pretrained writes it
 
-A finished run removes last/: a later run of the stage (forced, or after a code change) trains
-from scratch instead of "resuming" at the final step with nothing left to do.
+The checkpoint policy, in one place (this module; nerpipe.train.run applies it):
+- fit saves every train.checkpoint_every steps, on Ctrl-C, and at the end of training;
+- a checkpoint resumes only when everything that decides the training's trajectory is the same
+  (run_settings: trajectory_params, the prepared data, TRAJECTORY_CODE, versions, device, precision);
+- last/ is removed (finish) only once data/model, the reports and the MLflow logging are all done: a
+  stage that fails after training resumes at the final step and trains no further. A later run of the
+  stage (forced, or after a code change) then trains from scratch.
 """
 
 import dataclasses
@@ -25,13 +31,32 @@ from tqdm import tqdm
 
 from nerpipe.core.atomic import atomic_path
 from nerpipe.core.errors import UserError
+from nerpipe.core.params import flatten
 from nerpipe.model.methods import save_trained
 
 
+# The code that decides what a training computes, step by step (module names; a package covers its
+# modules): the setup (run), the loop and its batches, checkpoints, processes, model loading and the
+# methods, and the dev scoring that picks the best model and stops early. A change to it discards a
+# checkpoint; a change to any other module (tracking, reports, export, prediction) resumes it.
+TRAJECTORY_CODE = ("nerpipe.train.run", "nerpipe.train.loop", "nerpipe.train.checkpoints", "nerpipe.train.distributed",
+                   "nerpipe.data.batching", "nerpipe.data.prepared", "nerpipe.model", "nerpipe.evaluate.inference",
+                   "nerpipe.evaluate.scoring")
+
+
+def trajectory_params(params):
+    """The params that decide the training's trajectory, flat: lr, model.name, train.* and prepare.* (how
+    the data was cut), less train.checkpoint_every (how often it is saved, not what it computes). Where
+    MLflow records, what evaluate does and where the data came from (its bytes are in run_settings) do
+    not change the run, so a checkpoint resumes across changes to them."""
+    return {k: v for k, v in flatten(params).items()
+            if (k == "lr" or k.startswith(("model.", "train.", "prepare."))) and k != "train.checkpoint_every"}
+
+
 def run_settings(params, *examples, device, bf16, tf32):
-    """Everything that must match for a checkpoint to be resumed, as a flat dict: the params, a digest
-    of the prepared data (prepared.WindowedExamples), the source of the nerpipe modules and the
-    script running, the torch/transformers versions, and where and in which precision it trains: the
+    """Everything that must match for a checkpoint to be resumed, as a flat dict: the params (see
+    trajectory_params), a digest of the prepared data (prepared.WindowedExamples), the source of the
+    TRAJECTORY_CODE modules loaded, the torch/transformers versions, and where and in which precision it trains: the
     device type and the resolved bf16 and TF32 (`train.bf16: auto` is one param, but bf16 on a GPU
     and fp32 on a CPU are different runs, and a resumed run must end as an uninterrupted one)."""
     data = hashlib.sha256()
@@ -50,11 +75,12 @@ def _on_off(flag):
 
 
 def _source_digests():
-    """A short sha256 of each loaded nerpipe module and of the script running, by module name."""
+    """A short sha256 of each loaded TRAJECTORY_CODE module, by module name."""
     out = {}
     for name, module in sorted(sys.modules.items()):
         path = getattr(module, "__file__", None) or ""
-        if (name == "__main__" or name.split(".")[0] == "nerpipe") and path.endswith(".py") and os.path.isfile(path):
+        if (any(name == m or name.startswith(m + ".") for m in TRAJECTORY_CODE) and path.endswith(".py")
+                and os.path.isfile(path)):
             out[f"source of {name}"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     return out
 
@@ -99,7 +125,7 @@ class Checkpoints:
         self.last_dir = self.directory / "last"
         self.best_dir = self.directory / "best"
         self.rank_rngs = None  # set by resume(): each process's RNG state, where several trained
-        self.run_id = None  # the MLflow run this training logs to; a resume continues it (nerpipe.track.runs)
+        self.run_id = None  # the MLflow run this training logs to; a resume continues it (nerpipe.track.training_run)
 
     def save(self, model, optimizer, scheduler, state, rank_rngs=None):
         """rank_rngs: with several processes, each one's CPU RNG state, by rank (the main's is torch_rng)."""
@@ -190,7 +216,8 @@ class Checkpoints:
         return None
 
     def finish(self):
-        """The run completed: drop last/ (renamed away first, so a kill mid-delete leaves no half of it)."""
+        """Everything the run produces is written and logged: drop last/ (renamed away first, so a kill
+        mid-delete leaves no half of it)."""
         if self.last_dir.exists():
             doomed = Path(tempfile.mkdtemp(prefix=".finished.", dir=self.directory))
             os.replace(self.last_dir, doomed / "last")

@@ -74,7 +74,7 @@ class RunContext:
     pad_id: int
     device: torch.device
     bf16: bool  # resolved (model.device.use_bf16), not the 'auto' setting
-    checkpoints: object  # checkpoints.Checkpoints: resume, save, save_best, finish
+    checkpoints: object  # checkpoints.Checkpoints: resume, save, save_best
     evaluate_dev: Callable  # model -> {"f1", "precision", "recall"}; see dev_scorer
     log_metrics: Callable = _ignore  # ({name: value}, step) -> None
     world: World = World()  # the processes training together (distributed.py); one by default
@@ -192,12 +192,16 @@ def fit(model, train, run):
     Resumes from the last checkpoint of the same settings, if any, and ends exactly as an uninterrupted
     run would: data order is a function of (seed, epoch), and the checkpoint holds everything else
     that changes (weights, optimizer, scheduler, torch RNG, position in the epoch, loss accumulators).
+    With cfg.checkpoint_every, the last checkpoint is of the final step, and stays: the caller removes it
+    (Checkpoints.finish) once what it makes of the training is saved, so a failure there resumes at the
+    end and trains no more.
     """
     cfg, checkpoints, world = run.cfg, run.checkpoints, run.world
     optimizer = build_optimizer(model, run.lr, cfg.weight_decay)
     steps_per_epoch, total_steps = plan_steps(len(train), cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     state = _resume(model, optimizer, scheduler, run)
+    saved_at = state.step if state.step else None  # the step of the last checkpoint written
     trained = world.wrap(model)  # DDP (after the resume: it starts every process from the main's weights)
     eval_every = cfg.eval_every_steps or steps_per_epoch
     lengths = train.input_ids.lengths()
@@ -243,6 +247,7 @@ def fit(model, train, run):
                 stop_now = world.any(stop.requested)  # a signal to any process stops all of them
                 if stop_now or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
                     _save_checkpoint(model, optimizer, scheduler, state, run)
+                    saved_at = state.step
                 if stop_now:
                     bar.close()
                     raise Interrupted(f"stopped at step {state.step}; the checkpoint in {checkpoints.directory} "
@@ -252,7 +257,8 @@ def fit(model, train, run):
     bar.close()
     state.optimizer_state_bytes = sum(t.numel() * t.element_size() for per_param in optimizer.state.values()
                                       for t in per_param.values() if torch.is_tensor(t))
-    _on_main(run, checkpoints.finish)
+    if cfg.checkpoint_every and saved_at != state.step:  # the same decision in every process: each joins the save
+        _save_checkpoint(model, optimizer, scheduler, state, run)
     return state
 
 
@@ -320,11 +326,15 @@ def _evaluate(model, state, epoch, run):
 
 
 def summary(state, total_steps):
-    """The numbers train_metrics.json holds."""
+    """What the training reached, the same for the same inputs: reports/train/metrics.json."""
     return {"steps": state.step, "planned_steps": total_steps, "epochs_completed": state.epoch,
             "best_dev_f1": state.best_dev_f1, "best_step": state.best_step, "stopped_early": state.stopped_early,
-            "train_seconds": round(state.train_seconds, 3), "dev_eval_seconds": round(state.eval_seconds, 3),
-            "train_sentences_per_second": round(state.sentences_seen / max(state.train_seconds, 1e-9), 2),
-            "train_subtokens_per_second": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1),
             "optimizer_state_mib": round(state.optimizer_state_bytes / 2**20, 3)}
+
+
+def speed(state):
+    """How long it took and how fast it went, different on every run: for the train stage's timings file."""
+    return {"train_seconds": round(state.train_seconds, 3), "dev_eval_seconds": round(state.eval_seconds, 3),
+            "train_sentences_per_second": round(state.sentences_seen / max(state.train_seconds, 1e-9), 2),
+            "train_subtokens_per_second": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)}
 

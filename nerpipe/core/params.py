@@ -207,7 +207,8 @@ class TrainParams:
     eval_every_steps: int = 0
     """Evaluate dev F1 every N optimizer steps (0: once per epoch)."""
     patience: int = 2
-    """Stop after this many evaluations without a better dev F1 (0: never stop early)."""
+    """Stop after this many evaluations without a better dev F1 (0: never stop early). Evaluations
+    made during the warm-up (train.warmup_ratio) do not count."""
     checkpoint_every: int = 200
     """Write a resumable checkpoint every N optimizer steps (0: never)."""
     bf16: str = "auto"

@@ -196,7 +196,8 @@ def fit(model, train, run):
     cfg, checkpoints, world = run.cfg, run.checkpoints, run.world
     optimizer = build_optimizer(model, run.lr, cfg.weight_decay)
     steps_per_epoch, total_steps = plan_steps(len(train), cfg)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    warmup_steps = int(cfg.warmup_ratio * total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     state = _resume(model, optimizer, scheduler, run)
     trained = world.wrap(model)  # DDP (after the resume: it starts every process from the main's weights)
     eval_every = cfg.eval_every_steps or steps_per_epoch
@@ -232,7 +233,7 @@ def fit(model, train, run):
                 if state.step % run.log_every == 0 or last:
                     _log_loss(state, progress, scheduler.get_last_lr()[0], run)
                 if state.step % eval_every == 0 or last:
-                    _evaluate(model, state, progress, run)
+                    _evaluate(model, state, progress, run, warmup_steps)
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}" if state.history else "-",
                                 lr=f"{scheduler.get_last_lr()[0]:.2e}",
@@ -298,7 +299,10 @@ def _log_loss(state, epoch, lr, run):
     _on_main(run, run.log_metrics, {"train_loss": loss, "learning_rate": lr}, state.step)
 
 
-def _evaluate(model, state, epoch, run):
+def _evaluate(model, state, epoch, run, warmup_steps=0):
+    """Score dev, keep the best model, and stop early after `patience` evaluations without a better F1.
+    An evaluation at a step of the warm-up does not count towards patience: dev F1 often stays at 0
+    while the rate is still rising (small data, many epochs), and that says nothing about convergence."""
     started = time.perf_counter()
     # Only the main process evaluates; every process takes its scores, so all take the same decisions.
     scores = run.world.from_main(_on_main(run, run.evaluate_dev, model))
@@ -311,7 +315,7 @@ def _evaluate(model, state, epoch, run):
     if scores["f1"] > state.best_dev_f1:
         state.best_dev_f1, state.best_step, state.evals_since_best = scores["f1"], state.step, 0
         _on_main(run, run.checkpoints.save_best, model)
-    else:
+    elif state.step > warmup_steps:
         state.evals_since_best += 1
         if run.cfg.patience and state.evals_since_best >= run.cfg.patience:
             state.stopped_early = True

@@ -23,7 +23,7 @@ import transformers
 from safetensors.torch import load_file, load_model, save_model
 from tqdm import tqdm
 
-from nerpipe.core.atomic import atomic_path
+from nerpipe.core.atomic import atomic_path, recover
 from nerpipe.core.errors import UserError
 from nerpipe.model.methods import save_trained
 
@@ -140,6 +140,8 @@ class Checkpoints:
         """Load the last checkpoint into model/optimizer/scheduler; return its TrainState, or None."""
         from nerpipe.train.loop import TrainState  # the state's type lives with the loop that fills it
 
+        for saved in (self.last_dir, self.best_dir):  # a save killed between the two renames of its swap
+            recover(saved)
         for leftover in self.directory.glob(".*"):  # temporaries of a save that was killed
             shutil.rmtree(leftover, ignore_errors=True)
         if not (self.last_dir / "state.pt").exists():

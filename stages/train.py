@@ -20,6 +20,7 @@ from nerpipe.core.atomic import atomic_path, write_json
 from nerpipe.core.errors import Interrupted, exit_on_user_error
 from nerpipe.core.params import flatten, load_params
 from nerpipe.data.prepared import PreparedSplit, read_labels
+from nerpipe.model.description import describe_trained
 from nerpipe.model.device import pick_device, set_tf32, use_bf16
 from nerpipe.model.loading import count_parameters, load_for_training, load_tokenizer
 from nerpipe.model.methods import prepare_for_training
@@ -90,6 +91,7 @@ def train(args, params, world, device, started):
         with atomic_path(args.model_out, is_dir=True) as tmp:
             shutil.copytree(checkpoints.best_dir, tmp, dirs_exist_ok=True)
             tokenizer.save_pretrained(tmp)
+            describe_trained(tmp, args.data, params.prepare, params.train.bf16)  # nerpipe_model.json
         for name, rows in (("history.csv", state.history), ("dev_eval.csv", state.dev_evals)):
             with atomic_path(args.reports / name) as tmp:
                 pd.DataFrame(rows).to_csv(tmp, index=False)

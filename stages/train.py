@@ -18,7 +18,7 @@ import pandas as pd
 
 from nerpipe.core.atomic import atomic_path, write_json
 from nerpipe.core.errors import Interrupted, exit_on_user_error
-from nerpipe.core.params import flatten, load_params
+from nerpipe.core.params import TRAIN_SECTIONS, flatten, load_params
 from nerpipe.data.prepared import PreparedSplit, read_labels
 from nerpipe.model.description import describe_trained
 from nerpipe.model.device import pick_device, set_tf32, use_bf16
@@ -68,7 +68,7 @@ def train(args, params, world, device, started):
     train_split, dev = PreparedSplit(args.data, "train"), PreparedSplit(args.data, "valid")
     # How often checkpoints are written, what evaluate does and where MLflow records do not change
     # the training run, so a checkpoint resumes across changes to them.
-    resumable = {k: v for k, v in flatten(params).items()
+    resumable = {k: v for k, v in flatten(params, TRAIN_SECTIONS).items()
                  if not k.startswith(("mlflow.", "evaluate.")) and k != "train.checkpoint_every"}
     checkpoints = Checkpoints(args.checkpoints, run_settings(resumable, train_split.examples, dev.examples,
                                                             device=device, bf16=bf16, tf32=tf32))

@@ -363,8 +363,15 @@ def load_params(path="params.yaml"):
     return parse_params(read_yaml(path), source=str(path))
 
 
-def flatten(params):
-    """`{'train.weight_decay': 0.01, ...}` -- the flat key names MLflow and DVC use."""
+# The sections of params.yaml the train stage reads: dvc.yaml lists them as its params, and
+# tests/test_pipeline_e2e.py checks at run time that it reads these and nothing else. The data.* keys are
+# in its checkpoints' settings and MLflow params; evaluate.* is never its business.
+TRAIN_SECTIONS = ("lr", "data", "model", "prepare", "train", "mlflow")
+
+
+def flatten(params, sections=None):
+    """`{'train.weight_decay': 0.01, ...}` -- the flat key names MLflow and DVC use. `sections`: only these
+    top-level keys (the others are not read at all)."""
     out = {}
 
     def walk(obj, prefix):
@@ -374,5 +381,7 @@ def flatten(params):
             else:
                 out[f"{prefix}{key}"] = value
 
-    walk(dataclasses.asdict(params), "")
+    names = sections or [f.name for f in dataclasses.fields(params)]
+    values = {name: getattr(params, name) for name in names}
+    walk({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in values.items()}, "")
     return out

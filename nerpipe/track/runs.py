@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from nerpipe.core.atomic import write_json
 from nerpipe.core.errors import Interrupted, UserError
-from nerpipe.core.params import flatten, read_yaml
+from nerpipe.core.params import TRAIN_SECTIONS, flatten, read_yaml
 from nerpipe.evaluate.metrics import flatten_metrics
 
 STORE = "mlflow.db"
@@ -236,7 +236,7 @@ def training_run(experiment_id, params, checkpoints, device, prepared):
             resumed = None
         run = mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id,
                                run_name=os.environ.get("DVC_EXP_NAME"))
-        _log_params({k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")})
+        _log_params(flatten(params, TRAIN_SECTIONS))
         mlflow.set_tags(_provenance_tags(params, device, Path(prepared) / "stats.json"))
     checkpoints.run_id = run.info.run_id
     print(f"MLflow run {run.info.run_id} ({'resumed with the checkpoint' if resumed else 'new'}) in {tracking_uri()}")

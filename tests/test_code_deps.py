@@ -131,3 +131,16 @@ def test_the_library_never_imports_stages_or_bench():
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [n for n in names if n.split(".")[0] in ("stages", "bench", "tests")], path
+
+
+def test_every_third_party_module_imported_is_a_declared_dependency():
+    """deptry (configured in pyproject.toml) on the package and the stage scripts: an import of a module that
+    only some other dependency happens to pull in (sklearn through seqeval, requests through mlflow) fails."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "deptry", "nerpipe", "stages"], cwd=PROJECT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No dependency issues found" in result.stdout + result.stderr

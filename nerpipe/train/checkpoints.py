@@ -102,7 +102,7 @@ class Checkpoints:
         self.run_id = None  # the MLflow run this training logs to; a resume continues it (nerpipe.track.runs)
 
     def save(self, model, optimizer, scheduler, state, rank_rngs=None):
-        """rank_rngs: with several processes, each one's CPU RNG state, by rank (the main's is torch_rng)."""
+        """rank_rngs: with several processes, each one's CPU and CUDA RNG state (distributed.rng_state), by rank."""
         with atomic_path(self.last_dir, is_dir=True) as tmp:
             # save_model writes a tensor that several names share once (peft's prompt tuning holds the word
             # embeddings under two names); load_model restores every name.

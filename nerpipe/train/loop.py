@@ -22,7 +22,7 @@ from nerpipe.data.batching import collate, length_grouped_batches
 from nerpipe.evaluate.inference import predict_tags
 from nerpipe.evaluate.scoring import entity_scores
 from nerpipe.model.device import autocast, pad_multiple
-from nerpipe.train.distributed import World
+from nerpipe.train.distributed import World, rng_state, seed_rank, set_rng_state
 
 LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
 
@@ -198,6 +198,7 @@ def fit(model, train, run):
     steps_per_epoch, total_steps = plan_steps(len(train), cfg)
     warmup_steps = int(cfg.warmup_ratio * total_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    seed_rank(world, cfg.seed)  # before the resume, which puts back each process's saved state
     state = _resume(model, optimizer, scheduler, run)
     trained = world.wrap(model)  # DDP (after the resume: it starts every process from the main's weights)
     eval_every = cfg.eval_every_steps or steps_per_epoch
@@ -259,8 +260,8 @@ def fit(model, train, run):
 
 def _resume(model, optimizer, scheduler, run):
     """The main process resumes the last checkpoint (or starts over); the others take its optimizer,
-    scheduler and progress, and their own RNG state. Their weights come from the main's when DDP wraps
-    the model, so the checkpoint need not be on a disk they see."""
+    scheduler and progress, and every process its own CPU and CUDA RNG state. Their weights come from the
+    main's when DDP wraps the model, so the checkpoint need not be on a disk they see."""
     state = _on_main(run, run.checkpoints.resume, model, optimizer, scheduler)
     world = run.world
     if not world.distributed:
@@ -274,7 +275,7 @@ def _resume(model, optimizer, scheduler, run):
         scheduler.load_state_dict(shared["scheduler"])
         state = dataclasses.replace(shared["state"], loss_sum=0.0)  # the main holds the saved sum of all
     if shared["rngs"]:
-        torch.set_rng_state(shared["rngs"][world.rank])
+        set_rng_state(shared["rngs"][world.rank], run.device)
     return state
 
 
@@ -283,7 +284,7 @@ def _save_checkpoint(model, optimizer, scheduler, state, run):
     world = run.world
     if world.distributed:
         state = dataclasses.replace(state, loss_sum=float(world.sum(state.loss_sum)))
-    rngs = world.gather_to_main(torch.get_rng_state()) if world.distributed else None
+    rngs = world.gather_to_main(rng_state(run.device)) if world.distributed else None
     _on_main(run, run.checkpoints.save, model, optimizer, scheduler, state, rngs)
 
 

@@ -1,16 +1,14 @@
 """train.method on the tiny BERT: exact trainable-parameter counts, frozen weights that stay frozen through
 an optimizer step, LoRA merged == unmerged, and save_trained -> load_trained giving the model that trained."""
 
-import json
-
 import pytest
 import torch
 from transformers import AutoModelForTokenClassification
 
 from nerpipe.core.errors import UserError
 from nerpipe.core.params import AdapterParams, LoraParams, PromptParams, TrainParams, parse_params
-from nerpipe.model.loading import count_parameters, load_for_training, load_trained
 from nerpipe.model.description import read_method
+from nerpipe.model.loading import count_parameters, load_for_training, load_trained
 from nerpipe.model.methods import adapter_bytes, prepare_for_training, save_trained
 from nerpipe.train.loop import build_optimizer
 

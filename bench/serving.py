@@ -101,20 +101,21 @@ class NerpipeTagger:
     the entities the command prints for them given together (one --input file), bit for bit."""
 
     def __init__(self, model):
-        from nerpipe.predict.command import add_arguments, window_settings
+        from nerpipe.predict.command import add_arguments, batch_size, model_settings
         from nerpipe.predict.model_source import load_trained_model
         from nerpipe.predict.text import ready_to_tag
 
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         args = parser.parse_args(["--model", str(model)])
-        self.model, self.tokenizer, logged = load_trained_model(args.model)
-        self.max_length, self.overlap, self.batch_size, bf16 = window_settings(args, logged)
-        self.device, self.bf16 = ready_to_tag(self.model, self.tokenizer, args.model, bf16)
+        self.model, self.tokenizer, description = load_trained_model(args.model)
+        self.settings, self.batch_size = model_settings(args, description, args.model), batch_size(args)
+        self.device, self.bf16 = ready_to_tag(self.model, self.tokenizer, args.model, self.settings["bf16"])
 
     def __call__(self, texts):
         from nerpipe.predict.output import entity_records
         from nerpipe.predict.text import predict_lines
 
-        return [entity_records(p) for p in predict_lines(self.model, self.tokenizer, texts, self.max_length,
-                                                         self.overlap, self.batch_size, self.device, self.bf16)]
+        return [entity_records(p) for p in predict_lines(
+            self.model, self.tokenizer, texts, self.settings["max_length"], self.settings["window_overlap"],
+            self.batch_size, self.device, self.bf16, context=self.settings["context"])]

@@ -7,6 +7,8 @@
 Writes metrics.json (entity P/R/F1 micro and per type in conlleval and strict IOB2 modes, token
 accuracy and per-tag report, before-fine-tuning F1), confusion_test.csv (per-type confusion, a DVC
 plot) and predictions_{dev,test}.conll (`word gold pred`, scoreable by the original conlleval).
+The precision (bf16 or fp32) is the model's own, from its nerpipe_model.json; params.yaml gives only
+evaluate.batch_size.
 """
 
 import argparse
@@ -20,6 +22,7 @@ from nerpipe.core.params import load_params
 from nerpipe.data.conll import format_predictions
 from nerpipe.evaluate.metrics import evaluation_metrics, flatten_metrics
 from nerpipe.evaluate.splits import evaluate_splits, type_confusion
+from nerpipe.model.description import usage_settings
 from nerpipe.model.device import pick_device, set_tf32, use_bf16
 from nerpipe.model.loading import load_tokenizer, load_trained
 from nerpipe.track.results import log_evaluation
@@ -42,7 +45,7 @@ def main():
         started = time.perf_counter()
         run_id = run_of_model(args.run)  # an unreachable tracking server fails here, in seconds
         device = pick_device()
-        bf16 = use_bf16(params.train.bf16, device)
+        bf16 = use_bf16(usage_settings(args.model)["bf16"], device)  # the precision the model trained in
         set_tf32(device, bf16)
         model = load_trained(args.model).to(device)
         pad_id = load_tokenizer(str(args.model)).pad_token_id

@@ -141,3 +141,16 @@ def test_the_library_never_imports_stages_or_bench():
 def test_a_change_to_the_download_code_does_not_rerun_the_model_stages():
     fetch = PACKAGE / "data" / "fetch.py"
     assert [stage for stage in STAGES if covered(fetch, STAGES[stage]["deps"])] == ["download", "prepare"]
+
+
+def test_every_third_party_module_imported_is_a_declared_dependency():
+    """deptry (configured in pyproject.toml) on the package and the stage scripts: an import of a module that
+    only some other dependency happens to pull in (sklearn through seqeval, requests through mlflow) fails."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "deptry", "nerpipe", "stages"], cwd=PROJECT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No dependency issues found" in result.stdout + result.stderr

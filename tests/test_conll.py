@@ -226,3 +226,26 @@ def test_format_and_read_predictions(tmp_path):
     path = tmp_path / "predictions.txt"
     path.write_text(text)
     assert read_predictions(path) == (words, gold, pred)
+
+
+def test_a_type_only_in_dev_or_test_is_named_with_file_and_first_line(fixture_dir, tmp_path, capsys):
+    from nerpipe.data.prepare import read_corpus
+
+    files = {split: fixture_dir / f"{split}.txt" for split in ("train", "valid", "test")}
+    read_corpus(files)
+    assert capsys.readouterr().err == ""  # every type of the fixtures' dev and test is in train
+    lines = (fixture_dir / "valid.txt").read_text().split("\n")
+    token_lines = [i for i, line in enumerate(lines) if line.split() and line.split()[0] != "-DOCSTART-"]
+    first, second = token_lines[3], token_lines[-1]  # the typo twice: only the first one is named
+    for i in (first, second):
+        lines[i] = " ".join(lines[i].split()[:-1] + ["B-FOO"])
+    files["valid"] = tmp_path / "valid.txt"
+    files["valid"].write_text("\n".join(lines))
+    sentences, labels = read_corpus(files, sources={"valid": {"file": "/data/eng.testa"}})
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1
+    assert (f"warning: entity type 'FOO' occurs in valid ({files['valid']}:{first + 1} (copied from "
+            f"/data/eng.testa:{first + 1})) but not in the training data: the model cannot predict it") in err
+    assert "B-FOO" in labels  # still a label: the dev gold has it, and scoring must see the miss
+    read_corpus({**files, "valid": fixture_dir / "valid.txt"}, max_train_sentences=1)
+    assert "not in the training data (the first 1 sentences prepare.max_train_sentences keeps)" in capsys.readouterr().err

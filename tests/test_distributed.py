@@ -32,10 +32,10 @@ ENV = {**os.environ, "PYTHONPATH": str(PROJECT), "TQDM_DISABLE": "1"}
 LOSS_RTOL, WEIGHT_ATOL = 1e-6, 1e-5
 
 
-def fit_in(processes, model_dir, prepared, out):
-    out.mkdir()
+def fit_in(processes, model_dir, prepared, out, *flags):
+    out.mkdir(exist_ok=True)
     launcher = TORCHRUN if processes == 2 else [sys.executable]
-    subprocess.run([*launcher, str(PROJECT / "tests/ddp_fit.py"), str(model_dir), str(prepared), str(out)],
+    subprocess.run([*launcher, str(PROJECT / "tests/ddp_fit.py"), str(model_dir), str(prepared), str(out), *flags],
                    env=ENV, check=True, capture_output=True, timeout=300)
     return json.loads((out / "result.json").read_text()), load_file(out / "model.safetensors")
 
@@ -50,6 +50,23 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
     assert (two["steps"], two["sentences_seen"], two["tokens_seen"]) == (4, 48, one["tokens_seen"])
     assert max(float((one_weights[k] - two_weights[k]).abs().max()) for k in one_weights) < WEIGHT_ATOL
     assert one_weights.keys() == two_weights.keys()
+
+
+def test_each_process_draws_its_own_dropout_masks_and_resumes_them(tiny_model_dir, prepared, tmp_path):
+    """Dropout 0.1 in 2 processes: seeds 42 and 43. A run resumed from the checkpoint of step 2 ends with the
+    weights of the uninterrupted one, bit for bit: each process gets its own RNG state back."""
+    flags = ("--dropout", "0.1", "--checkpoint-every", "2")
+    straight, straight_weights = fit_in(2, tiny_model_dir, prepared, tmp_path / "straight", *flags, "--keep-step", "2")
+    assert straight["seeds"] == [42, 43]
+    saved = torch.load(tmp_path / "straight/kept/last/state.pt", weights_only=True)
+    assert saved["state"]["step"] == 2 and [set(rng) for rng in saved["rank_rngs"]] == [{"cpu", "cuda"}] * 2
+    assert not torch.equal(saved["rank_rngs"][0]["cpu"], saved["rank_rngs"][1]["cpu"])
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "straight/kept", tmp_path / "resumed/checkpoints")
+    resumed, resumed_weights = fit_in(2, tiny_model_dir, prepared, tmp_path / "resumed", *flags)
+    assert resumed["dev_evals"] == straight["dev_evals"] and resumed["steps"] == 4
+    assert list(resumed["losses"]) == ["3", "4"]  # it did resume at step 2
+    assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)
 
 
 # --- the train stage under `dvc repro` ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from nerpipe.data.conll import read_conll
 from nerpipe.data.prepare import prepare_split
 from nerpipe.data.prepared import PreparedSplit
 from nerpipe.evaluate.inference import predict_word_labels
-from nerpipe.predict.command import add_arguments, context_setting
+from nerpipe.predict.command import add_arguments, model_settings
 from nerpipe.predict.text import predict_lines, split_sentences
 from tests.conftest import CONLL_LABELS
 
@@ -215,17 +215,15 @@ def test_predict_with_context_gives_the_labels_evaluate_gives(tiny_model_dir, ti
     np.testing.assert_allclose(whole_line[0].scores, lines[1].scores, rtol=1e-5)
 
 
-def test_context_setting_from_flag_logged_model_and_params(tmp_path):
-    sha256 = "".join(f"\n    {split}: {'a' * 64}" for split in ("train", "valid", "test"))
-    (tmp_path / "params.yaml").write_text(f"data:\n  sha256:{sha256}\nprepare:\n  context: 32\n")
+def test_context_setting_from_the_model_and_the_flag(tmp_path):
+    (tmp_path / "params.yaml").write_text("prepare:\n  context: 32\n")  # never read: the model says
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--params", str(tmp_path / "params.yaml")])
-    assert context_setting(args) == 32
-    assert context_setting(args, {"max_length": 128, "window_overlap": 32, "context": 64, "bf16": "auto"}) == 64
-    assert context_setting(args, {"max_length": 128, "window_overlap": 32, "bf16": "auto"}) == 32
-    flag = parser.parse_args(["--params", str(tmp_path / "params.yaml"), "--context", "0"])
-    assert context_setting(flag, {"context": 64}) == 0
+    described = {"max_length": 128, "window_overlap": 32, "context": 64, "bf16": "auto"}
+    assert model_settings(parser.parse_args([]), described, "m")["context"] == 64
+    assert model_settings(parser.parse_args(["--context", "0"]), described, "m")["context"] == 0
     from nerpipe.core.errors import UserError
     with pytest.raises(UserError, match="--context: must be >= 0"):
-        context_setting(parser.parse_args(["--params", str(tmp_path / "params.yaml"), "--context", "-1"]))
+        model_settings(parser.parse_args(["--context", "-1"]), described, "m")
+    with pytest.raises(UserError, match="or give --context$"):
+        model_settings(parser.parse_args([]), {k: v for k, v in described.items() if k != "context"}, "m")

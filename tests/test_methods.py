@@ -1,16 +1,15 @@
 """train.method on the tiny BERT: exact trainable-parameter counts, frozen weights that stay frozen through
 an optimizer step, LoRA merged == unmerged, and save_trained -> load_trained giving the model that trained."""
 
-import json
-
 import pytest
 import torch
 from transformers import AutoModelForTokenClassification
 
 from nerpipe.core.errors import UserError
 from nerpipe.core.params import AdapterParams, LoraParams, PromptParams, TrainParams, parse_params
+from nerpipe.model.description import read_method
 from nerpipe.model.loading import count_parameters, load_for_training, load_trained
-from nerpipe.model.methods import METHOD_FILE, adapter_bytes, prepare_for_training, save_trained
+from nerpipe.model.methods import adapter_bytes, prepare_for_training, save_trained
 from nerpipe.train.loop import build_optimizer
 
 LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]  # 9
@@ -119,7 +118,7 @@ def test_saved_model_loads_as_it_trained(tiny_model_dir, tmp_path, method):
         one_step(model)
     expected = logits(model)
     save_trained(model, tmp_path)
-    spec = json.loads((tmp_path / METHOD_FILE).read_text())
+    spec = read_method(tmp_path)
     assert spec["method"] == method and spec["merged"] == (method not in ("adapter", "prompt"))
     assert torch.allclose(logits(load_trained(tmp_path)), expected, atol=1e-5)
     # The directory is a plain save_pretrained model too: for merged methods it is the trained model.

@@ -92,8 +92,10 @@ def test_exp_run_lora_reruns_train_and_after_and_everything_reads_the_result(rep
     assert full["optimizer_state_mib"] > 10 * train["optimizer_state_mib"]
     assert 0 < train["adapter_mib"] < 1
     assert json.loads((root / "reports/timings/train.json").read_text())["peak_rss_mib"] > 100  # memory: apart
-    method = json.loads((root / "data/model/nerpipe_method.json").read_text())
-    assert method == {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "auto", "merged": True}
+    described = json.loads((root / "data/model/nerpipe_model.json").read_text())
+    assert described["method"] == {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "auto",
+                                   "merged": True}
+    assert (described["max_length"], described["window_overlap"], described["context"]) == (24, 4, 0)
     assert json.loads((root / "data/model/adapter/adapter_config.json").read_text())["r"] == 8
     evaluation = json.loads((root / "reports/eval/metrics.json").read_text())
     assert 0.0 <= evaluation["test"]["conlleval"]["f1"] <= 1.0

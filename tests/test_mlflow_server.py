@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from bench.serving import stop, wait_for
 from nerpipe.core.params import flatten, load_params, read_yaml
+from nerpipe.model.description import USAGE_KEYS
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
 
 BIN = Path(sys.executable).parent
@@ -177,13 +178,13 @@ def test_logged_model_serves_http_predictions(repo, tmp_path, monkeypatch):
     # with the global tracking URI, and finds no model in the default store.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", repo.env["MLFLOW_TRACKING_URI"])
     monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", repo.env["MLFLOW_TRACKING_URI"])
-    settings = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/artifacts/nerpipe_predict.json",
-                                                   dst_path=str(tmp_path))
-    assert json.loads(Path(settings).read_text()) == {"max_length": 24, "window_overlap": 4, "context": 0,
-                                                   "bf16": "auto"}
+    described = mlflow.artifacts.download_artifacts(
+        f"runs:/{run_id}/model/artifacts/save_pretrained/nerpipe_model.json", dst_path=str(tmp_path))
+    assert {k: v for k, v in json.loads(Path(described).read_text()).items() if k in USAGE_KEYS} == {
+        "max_length": 24, "window_overlap": 4, "context": 0, "bf16": "auto"}
     texts = [SENTENCE, "Reuters: Maria met the U.S. team in Zürich."]
-    # the pipeline's params.yaml (max_length 24) in the working directory, as a user of the repository has it
-    expected = nerpipe_predict(repo.root / "data/model", texts, "--params", str(repo.root / "params.yaml"))
+    # the model's own settings (max_length 24), read from data/model with no params.yaml around
+    expected = nerpipe_predict(repo.root / "data/model", texts)
     with serve_model(f"runs:/{run_id}/model", tmp_path / "serve.log", env=repo.env) as served:
         response = requests.post(f"{served.url}/invocations", json={"inputs": texts}, timeout=60)
     assert response.status_code == 200, response.text

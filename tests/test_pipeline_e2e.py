@@ -1,20 +1,35 @@
 """The whole DAG with the real `dvc repro` on the fixtures and the tiny model."""
 
 import json
+import os
+import re
+import shutil
+from pathlib import Path
 
 import pytest
+import yaml
 
 from nerpipe.core.params import read_yaml
-from tests.pipeline_repo import PipelineRepo, tiny_overrides
+from tests.pipeline_repo import PROJECT, PipelineRepo, tiny_overrides
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, fixture_dir, fixture_sha256, tiny_model_dir):
     repo = PipelineRepo.create(tmp_path_factory.mktemp("pipeline"),
                                tiny_overrides(fixture_dir, fixture_sha256, tiny_model_dir))
+    # Each stage process records which params keys it reads (tests/param_reads.py, as its sitecustomize).
+    hook, reads = tmp_path_factory.mktemp("param-reads-hook"), tmp_path_factory.mktemp("param-reads")
+    shutil.copy(Path(__file__).parent / "param_reads.py", hook / "sitecustomize.py")
+    plain = dict(repo.env)
+    repo.env = {**plain, "PYTHONPATH": f"{hook}{os.pathsep}{repo.root}", "NERPIPE_PARAM_READS": str(reads)}
     result = repo.repro()
+    repo.env = plain
     assert PipelineRepo.stages_run(result) == ["check_params", "download", "prepare", "score_untrained", "train",
                                                "evaluate", "report"], result.stdout
+    repo.param_reads = {}
+    for record in reads.glob("*.json"):
+        record = json.loads(record.read_text())
+        repo.param_reads.setdefault(record["script"], set()).update(record["reads"])
     return repo
 
 
@@ -61,6 +76,25 @@ def test_outputs_hold_real_values(repo, fixture_dir, fixture_sha256):
     assert "seconds" not in json.loads((root / "data/prepared/stats.json").read_text())
     assert (root / "reports/figures/confusion_test.png").stat().st_size > 1000
     assert (root / "data/model/model.safetensors").exists()
+
+
+def covers(key, declared):
+    """`key` is `declared` or under it (train.lora.r under train)."""
+    return key == declared or key.startswith(declared + ".")
+
+
+def test_each_stage_reads_exactly_the_params_it_declares(repo):
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        [script] = re.findall(r"stages/\w+\.py", stage["cmd"])
+        reads = repo.param_reads[script]  # every stage ran, and recorded
+        declared = stage.get("params", [])
+        undeclared = sorted(k for k in reads if not any(covers(k, d) for d in declared))
+        unread = sorted(d for d in declared if not any(covers(k, d) for k in reads))
+        assert (undeclared, unread) == ([], []), f"stage {name}: read but not in its dvc.yaml params: {undeclared}; " \
+                                                 f"declared but never read: {unread}"
+    assert repo.param_reads["stages/evaluate.py"] == {"evaluate.batch_size"}  # bf16 comes from the model
+    assert {"prepare.max_length", "prepare.context", "lr"} <= repo.param_reads["stages/train.py"]
 
 
 def test_nothing_changed_reruns_nothing(repo):

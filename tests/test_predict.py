@@ -18,7 +18,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from nerpipe.cli import main
 from nerpipe.core.errors import UserError
 from nerpipe.data.conll import read_conll
-from nerpipe.predict.command import add_arguments, window_settings
+from nerpipe.model.description import write_description
+from nerpipe.predict.command import add_arguments, model_settings
 from nerpipe.predict.words import split_words
 from tests.tiny_model import build_tiny_model
 
@@ -58,7 +59,15 @@ def build_keyword_model(tiny_model_dir, out):
             model.classifier.weight[label_id, label_id] = 0.5  # (labels, hidden): reads the label's direction
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    describe(out, model.config)
     return out
+
+
+def describe(out, config, **settings):
+    """The nerpipe_model.json the train stage writes, with params.yaml's default windows unless `settings` say."""
+    write_description(out, labels=[config.id2label[i] for i in range(len(config.id2label))],
+                      **{"max_length": 128, "window_overlap": 32, "context": 0, "bf16": "auto", **settings},
+                      method={"method": "full", "merged": True}, data_sha256=None)
 
 
 @pytest.fixture(scope="session")
@@ -146,17 +155,39 @@ def test_max_length_beyond_the_model_positions_is_refused(keyword_model_dir, cap
     assert "max_length 600 exceeds the model's 512 positions" in capsys.readouterr().err
 
 
-def test_window_settings_come_from_params_yaml_and_flags(tmp_path):
-    sha256 = "".join(f"\n    {split}: {'a' * 64}" for split in ("train", "valid", "test"))
-    (tmp_path / "params.yaml").write_text(f"data:\n  sha256:{sha256}\nprepare:\n  max_length: 64\n"
-                                          "  window_overlap: 16\nevaluate:\n  batch_size: 8\n")
+def test_settings_come_from_the_model_and_flags_never_from_params_yaml(tmp_path):
+    (tmp_path / "params.yaml").write_text("prepare:\n  max_length: 64\n  context: 8\n")  # the current directory's
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert window_settings(parser.parse_args(["x"])) == (64, 16, 8, "auto")
-    flags = ["--max-length", "40", "--window-overlap", "0", "x"]
-    assert window_settings(parser.parse_args(flags)) == (40, 0, 8, "auto")
+    described = {"max_length": 24, "window_overlap": 4, "context": 16, "bf16": "off", "labels": ["O"]}
+    assert model_settings(parser.parse_args(["x"]), described, "m") == {
+        "max_length": 24, "window_overlap": 4, "context": 16, "bf16": "off"}
+    flags = parser.parse_args(["--max-length", "40", "--window-overlap", "0", "--context", "0", "--bf16", "on", "x"])
+    assert model_settings(flags, described, "m") == {"max_length": 40, "window_overlap": 0, "context": 0, "bf16": "on"}
     with pytest.raises(UserError, match="--window-overlap: 30 must be in 0..max_length/2"):
-        window_settings(parser.parse_args(["--max-length", "40", "--window-overlap", "30", "x"]))
+        model_settings(parser.parse_args(["--max-length", "40", "--window-overlap", "30", "x"]), described, "m")
+    with pytest.raises(UserError, match="--context: must be >= 0"):
+        model_settings(parser.parse_args(["--context", "-1", "x"]), described, "m")
+
+
+def test_a_model_without_a_description_needs_the_flags(keyword_model_dir, tmp_path, capsys):
+    import shutil
+
+    plain = shutil.copytree(keyword_model_dir, tmp_path / "plain")
+    (plain / "nerpipe_model.json").unlink()
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", str(plain), "--context", "0", "John"])
+    assert (f"model '{plain}': no nerpipe_model.json, so its window, context and precision settings are unknown. "
+            "Re-run the train stage (`dvc repro -f train`) to write it, or give --max-length --window-overlap "
+            "--bf16") in capsys.readouterr().err
+    flags = ["--max-length", "128", "--window-overlap", "32", "--context", "0", "--bf16", "auto"]
+    expected = predict_jsonl(capsys, "--model", str(keyword_model_dir), *PIPELINE_TEXTS)
+    assert predict_jsonl(capsys, "--model", str(plain), *flags, *PIPELINE_TEXTS) == expected
+    (plain / "nerpipe_method.json").write_text('{"method": "full", "merged": true}\n')  # an older nerpipe's model
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", str(plain), *flags, "John"])
+    assert (f"{plain}: written by an older nerpipe (nerpipe_method.json, no nerpipe_model.json), so its window, "
+            "context and precision settings are unknown; re-run the train stage") in capsys.readouterr().err
 
 
 def test_stdin_lines_keep_their_own_offsets(keyword_model_dir, capsys, monkeypatch):
@@ -196,6 +227,7 @@ def test_input_file_errors_name_file_and_line(keyword_model_dir, capsys, tmp_pat
 
 def test_model_without_iob2_labels_is_refused(tmp_path, capsys):
     untrained = build_tiny_model(tmp_path / "no-labels")  # LABEL_0, LABEL_1: not a model the pipeline trained
+    describe(untrained, AutoModelForTokenClassification.from_pretrained(untrained).config)
     with pytest.raises(SystemExit):
         main(["predict", "--model", str(untrained), "John"])
     assert "are not IOB2 tags" in capsys.readouterr().err
@@ -272,8 +304,10 @@ def test_mlflow_model_uri(keyword_model_dir, capsys, tmp_path, monkeypatch):
     texts = PIPELINE_TEXTS[:3]
     expected = predict_jsonl(capsys, "--model", str(keyword_model_dir), *texts)
     assert expected[0]["entities"]  # a comparison of empty lists would prove nothing
+    # The transformers flavor holds no nerpipe_model.json: the flags say how the model was trained.
+    flags = ["--max-length", "128", "--window-overlap", "32", "--context", "0", "--bf16", "auto"]
     for uri in (f"runs:/{run.info.run_id}/model", "models:/tiny-ner/1"):
-        assert predict_jsonl(capsys, "--model", uri, *texts) == expected
+        assert predict_jsonl(capsys, "--model", uri, *flags, *texts) == expected
     with pytest.raises(SystemExit):
         main(["predict", "--model", "runs:/0123456789abcdef/model", "John"])
     assert "MLflow could not download it" in capsys.readouterr().err

@@ -6,7 +6,6 @@ The model is the keyword model of tests/test_predict.py (a token's label depends
 by nerpipe.track.trained_model._log_model into a SQLite store of the test's own.
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -22,8 +21,6 @@ from transformers import AutoModelForTokenClassification
 from bench.load import load_test
 from bench.serving import raw_texts, serve_model
 from nerpipe.cli import main
-from nerpipe.core.params import Params
-from nerpipe.predict.command import add_arguments, window_settings
 from nerpipe.track.trained_model import _log_model
 from tests.test_predict import build_keyword_model
 
@@ -54,7 +51,7 @@ def logged(tiny_model_dir, tmp_path_factory):
         mp.setattr(AutoModelForTokenClassification, "from_pretrained", no_loading)
         experiment = mlflow.create_experiment("served", artifact_location=str(root / "artifacts"))
         with mlflow.start_run(experiment_id=experiment) as run:
-            _log_model(model_dir, Params(), register_as="tiny-ner")
+            _log_model(model_dir, register_as="tiny-ner")
     return {"uri": uri, "run_id": run.info.run_id, "model_dir": model_dir,
             "env": {**os.environ, "MLFLOW_TRACKING_URI": uri}}
 
@@ -88,10 +85,10 @@ def test_logged_model_holds_code_save_pretrained_settings_and_entity_signature(l
     assert list(mlmodel["flavors"]) == ["python_function"]  # no transformers flavor: one copy of the weights
     flavor = mlmodel["flavors"]["python_function"]
     assert flavor["code"] == "code" and (local / "code/nerpipe/predict/pyfunc_model.py").is_file()
-    assert {k: v["path"] for k, v in flavor["artifacts"].items()} == {
-        "save_pretrained": "artifacts/save_pretrained", "settings": "artifacts/nerpipe_predict.json"}
-    assert json.loads((local / "artifacts/nerpipe_predict.json").read_text()) == {
-        "max_length": 128, "window_overlap": 32, "context": 0, "bf16": "auto"}
+    assert {k: v["path"] for k, v in flavor["artifacts"].items()} == {"save_pretrained": "artifacts/save_pretrained"}
+    # The model's description travels inside the save_pretrained copy, byte for byte.
+    assert (local / "artifacts/save_pretrained/nerpipe_model.json").read_bytes() == (
+        logged["model_dir"] / "nerpipe_model.json").read_bytes()
     output = json.loads(mlmodel["signature"]["outputs"])
     assert output[0]["type"] == "array" and output[0]["items"]["properties"] == {
         "text": {"type": "string", "required": True}, "type": {"type": "string", "required": True},
@@ -132,18 +129,11 @@ def test_model_loads_and_predicts_where_nerpipe_is_not_installed(logged, trackin
     assert answer["predictions"] == expected
 
 
-def test_window_settings_logged_with_the_model_come_before_params_yaml(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    sha256 = "".join(f"\n    {split}: {'a' * 64}" for split in ("train", "valid", "test"))
-    (tmp_path / "params.yaml").write_text(f"data:\n  sha256:{sha256}\nprepare:\n  max_length: 64\n"
-                                          "  window_overlap: 8\ntrain:\n  bf16: 'on'\n")
-    args = parser.parse_args(["--params", str(tmp_path / "params.yaml")])
-    logged = {"max_length": 24, "window_overlap": 4, "bf16": "off"}
-    assert window_settings(args) == (64, 8, 64, "on")
-    assert window_settings(args, logged) == (24, 4, 64, "off")
-    flags = parser.parse_args(["--params", str(tmp_path / "params.yaml"), "--max-length", "32", "--bf16", "auto"])
-    assert window_settings(flags, logged) == (32, 4, 64, "auto")
+def test_a_model_without_a_description_is_not_logged(tiny_model_dir, tmp_path):
+    from nerpipe.core.errors import UserError
+
+    with pytest.raises(UserError, match="no nerpipe_model.json, so its window, context and precision settings"):
+        _log_model(tiny_model_dir)
 
 
 def test_same_entities_from_nerpipe_predict_pyfunc_and_http(logged, tracking, server, capsys):

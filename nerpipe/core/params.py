@@ -209,7 +209,8 @@ class TrainParams:
     eval_every_steps: int = 0
     """Evaluate dev F1 every N optimizer steps (0: once per epoch)."""
     patience: int = 2
-    """Stop after this many evaluations without a better dev F1 (0: never stop early)."""
+    """Stop after this many evaluations without a better dev F1 (0: never stop early). Evaluations
+    made during the warm-up (train.warmup_ratio) do not count."""
     checkpoint_every: int = 200
     """Write a resumable checkpoint every N optimizer steps, and one at the end, kept until the stage's
     outputs and MLflow logging are done (0: never, except on Ctrl-C)."""
@@ -365,8 +366,15 @@ def load_params(path="params.yaml"):
     return parse_params(read_yaml(path), source=str(path))
 
 
-def flatten(params):
-    """`{'train.weight_decay': 0.01, ...}` -- the flat key names MLflow and DVC use."""
+# The sections of params.yaml the train stage reads: dvc.yaml lists them as its params, and
+# tests/test_pipeline_e2e.py checks at run time that it reads these and nothing else. The data.* keys are
+# in its checkpoints' settings and MLflow params; evaluate.* is never its business.
+TRAIN_SECTIONS = ("lr", "data", "model", "prepare", "train", "mlflow")
+
+
+def flatten(params, sections=None):
+    """`{'train.weight_decay': 0.01, ...}` -- the flat key names MLflow and DVC use. `sections`: only these
+    top-level keys (the others are not read at all)."""
     out = {}
 
     def walk(obj, prefix):
@@ -376,5 +384,7 @@ def flatten(params):
             else:
                 out[f"{prefix}{key}"] = value
 
-    walk(dataclasses.asdict(params), "")
+    names = sections or [f.name for f in dataclasses.fields(params)]
+    values = {name: getattr(params, name) for name in names}
+    walk({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in values.items()}, "")
     return out

@@ -2,6 +2,7 @@
 entity types the data holds, and write each split as the prepared Arrow datasets (layout in
 nerpipe/data/prepared.py) with its statistics."""
 
+import sys
 from collections import Counter
 
 from datasets import Dataset
@@ -18,15 +19,39 @@ def read_corpus(files, max_train_sentences=0, sources=None):
     `max_train_sentences` > 0 keeps the first N training sentences (the labels still cover all).
     `sources` (download's sources.json) names each copy's original in error messages.
     """
-    sentences = {split: read_conll(path, origin=(sources or {}).get(split, {}).get("file"))
-                 for split, path in files.items()}
+    origins = {split: (sources or {}).get(split, {}).get("file") for split in files}
+    sentences = {split: read_conll(path, origin=origins[split]) for split, path in files.items()}
     if max_train_sentences and "train" in sentences:
         sentences["train"] = sentences["train"][:max_train_sentences]
     for split_sentences in sentences.values():
         for s in split_sentences:
             s.tags = to_iob2(s.tags)
     labels = label_list(s.tags for split_sentences in sentences.values() for s in split_sentences)
+    if "train" in sentences:
+        for warning in unlearnable_types(sentences, files, origins, max_train_sentences):
+            print(f"warning: {warning}", file=sys.stderr)
     return sentences, labels
+
+
+def unlearnable_types(sentences, files, origins, max_train_sentences=0):
+    """One message per entity type of a dev or test split that the training sentences never show, naming
+    the file and the first line it is on: the model gets its labels but no example of them."""
+    trained = {tag[2:] for s in sentences["train"] for tag in s.tags if tag != "O"}
+    kept = f" (the first {max_train_sentences} sentences prepare.max_train_sentences keeps)" \
+        if max_train_sentences else ""
+    out = []
+    for split, split_sentences in sentences.items():
+        first_line = {}
+        for s in split_sentences:
+            for i, tag in enumerate(s.tags):  # a sentence's tokens are consecutive lines from s.line
+                if tag != "O" and tag[2:] not in trained:
+                    first_line.setdefault(tag[2:], s.line + i)
+        for entity_type, line in sorted(first_line.items()):
+            at = f"{files[split]}:{line}" + (f" (copied from {origins[split]}:{line})" if origins[split] else "")
+            out.append(f"entity type {entity_type!r} occurs in {split} ({at}) but not in the training data{kept}: "
+                       f"the model cannot predict it (B-{entity_type} and I-{entity_type} get no training "
+                       "example). A typo? Fix the tag there; else add training sentences with it.")
+    return out
 
 
 def prepare_corpus(files, tokenizer, cfg, out_dir, sources=None):

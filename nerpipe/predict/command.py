@@ -5,14 +5,14 @@
     cat news.txt | nerpipe predict --model runs:/<run_id>/model > entities.jsonl
 
 Each text is split into CoNLL-style words (nerpipe/predict/words.py), windowed exactly as the prepare
-stage does (with the settings logged with an MLflow model, else prepare.max_length and
-prepare.window_overlap from params.yaml when present) and labelled by the code evaluate runs: a word
-gets the tag of its first sub-token. IOB2 tags become entities
-as conlleval reads them; an entity's score is the mean of its words' softmax scores.
+stage did for the model's training (its prepare.max_length and prepare.window_overlap, which the model
+directory records in nerpipe_model.json) and labelled by the code evaluate runs: a word gets the tag of
+its first sub-token. IOB2 tags become entities as conlleval reads them; an entity's score is the mean of
+its words' softmax scores. No params.yaml is read: the model says how to use it, and flags override it.
 
-A model trained with document context (prepare.context > 0, recorded with an MLflow model) reads each
-text as one document: split into sentences after `.`, `!` and `?`, each tagged with its neighbours as
-context, as in training and evaluation. --context overrides it (0: each text one sequence).
+A model trained with document context (prepare.context > 0) reads each text as one document: split into
+sentences after `.`, `!` and `?`, each tagged with its neighbours as context, as in training and
+evaluation. --context overrides it (0: each text one sequence).
 """
 
 import argparse
@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from nerpipe.core.errors import UserError, exit_on_user_error
-from nerpipe.core.params import Params, PrepareParams, load_params
+from nerpipe.core.params import EvaluateParams, PrepareParams
+from nerpipe.model.description import RETRAIN, no_settings
 from nerpipe.predict.output import FORMATS
 
 
@@ -51,40 +52,43 @@ def read_texts(args):
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def window_settings(args, logged=None):
-    """(max_length, window_overlap, batch_size, bf16 setting), each from the first that gives it: the flags,
-    the settings logged with an MLflow model (`logged`), params.yaml (when present), the defaults."""
-    params_path = args.params or (Path("params.yaml") if Path("params.yaml").is_file() else None)
-    params = load_params(params_path) if params_path else Params()
-    logged = logged or {}
-    prepare = PrepareParams(
-        max_length=_either(args.max_length, logged.get("max_length", params.prepare.max_length)),
-        window_overlap=_either(args.window_overlap, logged.get("window_overlap", params.prepare.window_overlap)))
+def model_settings(args, description, source):
+    """{max_length, window_overlap, context, bf16}: each from its flag, else from the model's own description
+    (nerpipe_model.json), never from a params.yaml. A model without one needs every flag."""
+    flags = {"max_length": args.max_length, "window_overlap": args.window_overlap, "context": args.context,
+             "bf16": args.bf16}
+    missing = [key for key, value in flags.items() if value is None and key not in (description or {})]
+    if missing:
+        raise UserError(f"model {source!r}: {no_settings(description)}. {RETRAIN.capitalize()}, or give "
+                        f"{' '.join(FLAG_OF[key] for key in missing)}")
+    settings = {key: description[key] if value is None else value for key, value in flags.items()}
+    check_settings(settings)
+    return settings
+
+
+FLAG_OF = {"max_length": "--max-length", "window_overlap": "--window-overlap", "context": "--context",
+           "bf16": "--bf16"}
+
+
+def check_settings(settings):
+    """The window settings' problems, by the names of their flags; a missing one is not checked."""
+    prepare = PrepareParams(**{k: settings[k] for k in ("max_length", "window_overlap", "context")
+                               if settings.get(k) is not None})
+    if settings.get("max_length") is None or settings.get("window_overlap") is None:
+        prepare.window_overlap = 0  # only one of the two known: its pair cannot be checked yet
     problems = prepare.problems()
     if problems:
         raise UserError("; ".join(p.replace("prepare.max_length", "--max-length")
-                                  .replace("prepare.window_overlap", "--window-overlap") for p in problems))
-    batch_size = _either(args.batch_size, params.evaluate.batch_size)
-    if batch_size < 1:
-        raise UserError(f"--batch-size: must be >= 1, got {batch_size}")
-    bf16 = _either(args.bf16, logged.get("bf16", params.train.bf16))
-    return prepare.max_length, prepare.window_overlap, batch_size, bf16
+                                  .replace("prepare.window_overlap", "--window-overlap")
+                                  .replace("prepare.context", "--context") for p in problems))
 
 
-def context_setting(args, logged=None):
-    """Sub-tokens of document context: --context, else what an MLflow model logged, else prepare.context of
-    params.yaml (when present), else 0."""
-    params_path = args.params or (Path("params.yaml") if Path("params.yaml").is_file() else None)
-    params = load_params(params_path) if params_path else Params()
-    context = _either(args.context, (logged or {}).get("context", params.prepare.context))
-    if context < 0:
-        raise UserError(f"--context: must be >= 0 (0: each text is one sequence), got {context}")
-    window_settings(args, logged)  # and the window flags are checked too
-    return context
-
-
-def _either(flag, param):
-    return param if flag is None else flag
+def batch_size(args):
+    """Windows per forward pass: --batch-size, else evaluate.batch_size's default."""
+    size = EvaluateParams.batch_size if args.batch_size is None else args.batch_size
+    if size < 1:
+        raise UserError(f"--batch-size: must be >= 1, got {size}")
+    return size
 
 
 def add_arguments(parser):
@@ -98,20 +102,18 @@ def add_arguments(parser):
     parser.add_argument("-f", "--format", choices=["auto", *FORMATS], default="auto",
                         help="jsonl: one JSON object per text; table: one row per entity; conll: `word tag` "
                              "lines (default auto: table on a terminal, jsonl otherwise)")
-    parser.add_argument("--params", type=Path, help="params.yaml to read prepare.* and evaluate.batch_size from "
-                                                    "(default: ./params.yaml when present)")
-    parser.add_argument("--max-length", type=int, help="sub-tokens per window (default: what an MLflow model "
-                                                       "logged, else prepare.max_length)")
+    parser.add_argument("--max-length", type=int, help="sub-tokens per window (default: the model's, from its "
+                                                       "nerpipe_model.json: prepare.max_length of its training)")
     parser.add_argument("--window-overlap", type=int, help="sub-tokens shared by neighbouring windows (default: "
-                                                            "what an MLflow model logged, else prepare.window_overlap)")
+                                                            "the model's prepare.window_overlap)")
     parser.add_argument("--context", type=int, help="sub-tokens of document context around each sentence of a "
-                                                     "text (default: what an MLflow model logged, else "
-                                                     "prepare.context; 0: each text is one sequence)")
-    parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: evaluate.batch_size)")
+                                                     "text (default: the model's prepare.context; 0: each text is "
+                                                     "one sequence)")
+    parser.add_argument("--batch-size", type=int, help=f"windows per forward pass (default: "
+                                                       f"{EvaluateParams.batch_size})")
     parser.add_argument("--bf16", choices=["auto", "on", "off"],
-                        help="bf16 autocast (default: what an MLflow model logged, else train.bf16; 'auto' = CUDA "
-                             "or a CPU with avx512_bf16/AMX); 'off' gives scores identical to an fp32 transformers "
-                             "pipeline")
+                        help="bf16 autocast (default: the model's train.bf16; 'auto' = CUDA or a CPU with "
+                             "avx512_bf16/AMX); 'off' gives scores identical to an fp32 transformers pipeline")
 
 
 def run(args):
@@ -125,19 +127,21 @@ def run(args):
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars; ours is the one that matters
     with exit_on_user_error():
-        context_setting(args)  # bad flags or params fail before the model loads
+        check_settings(vars(args))  # bad flags fail before the model loads
+        windows_per_pass = batch_size(args)
         texts = read_texts(args)
-        model, tokenizer, logged = load_trained_model(args.model)
-        max_length, overlap, batch_size, bf16_setting = window_settings(args, logged)
-        context = context_setting(args, logged)
+        model, tokenizer, description = load_trained_model(args.model)
+        settings = model_settings(args, description, args.model)
+        max_length = settings["max_length"]
         positions, _ = position_limit(model.config)  # RoBERTa's 514 embeddings take 512 tokens
         if positions and max_length > positions:
             raise UserError(f"max_length {max_length} exceeds the model's {positions} positions; "
                             f"use --max-length {positions} or less")
-        device, bf16 = ready_to_tag(model, tokenizer, args.model, bf16_setting)
+        device, bf16 = ready_to_tag(model, tokenizer, args.model, settings["bf16"])
         fmt = args.format if args.format != "auto" else ("table" if sys.stdout.isatty() else "jsonl")
-        predictions = predict_lines(model, tokenizer, texts, max_length, overlap, batch_size, device, bf16,
-                                    progress=sum(map(len, texts)) > CHUNK_CHARS, context=context)
+        predictions = predict_lines(model, tokenizer, texts, max_length, settings["window_overlap"], windows_per_pass,
+                                    device, bf16, progress=sum(map(len, texts)) > CHUNK_CHARS,
+                                    context=settings["context"])
         write_predictions(predictions, fmt, sys.stdout)
     return 0
 

@@ -5,13 +5,14 @@ Accepted sources:
   - an MLflow model, as a URI (runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias>, or
     any artifact URI MLflow resolves) or as a local directory holding its MLmodel file:
       - the Python-function model the train stage logs (nerpipe/predict/pyfunc_model.py): the weights,
-        config and tokenizer in <model>/artifacts/save_pretrained/, the prediction settings it was
-        trained with in <model>/artifacts/nerpipe_predict.json (paths taken from the MLmodel file);
+        config, tokenizer and nerpipe_model.json in <model>/artifacts/save_pretrained/ (the path taken
+        from the MLmodel file);
       - the transformers flavor (what the train stage logged before): the weights in <model>/model/ and
         the tokenizer in <model>/components/tokenizer/ (names taken from the MLmodel file).
+
+The model's description (nerpipe_model.json, nerpipe/model/description.py) comes with it: how to use it.
 """
 
-import json
 import re
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from transformers import AutoTokenizer
 
 from nerpipe.core.errors import UserError
 from nerpipe.core.params import read_yaml
+from nerpipe.model.description import read_description
 from nerpipe.model.loading import SAFE, fit_for_words, load_config, load_trained
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # runs:/..., models:/..., s3://..., file:///...
@@ -29,8 +31,8 @@ URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # runs:/..., models:/..., s3://
 class TrainedModel(NamedTuple):
     model: object
     tokenizer: object
-    settings: dict
-    """The prediction settings logged with the model (max_length, window_overlap, context, bf16); {} if none were."""
+    description: dict
+    """nerpipe_model.json of the model (labels, windows, context, bf16, method, ...); None for a model that has none."""
 
 
 def load_trained_model(source):
@@ -61,9 +63,9 @@ def _download(uri, destination):
 
 
 def _load_local(directory, source):
-    model_dir, tokenizer_dir, settings_file = _locate(directory, source)
-    settings = json.loads(settings_file.read_text()) if settings_file else {}
+    model_dir, tokenizer_dir = _locate(directory, source)
     load_config(str(model_dir))  # names the model and explains a missing or unusable config
+    description = read_description(model_dir)
     model = load_trained(model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), **SAFE)
@@ -72,14 +74,13 @@ def _load_local(directory, source):
                         f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
     if not tokenizer.is_fast:
         raise UserError(f"model {source!r}: needs a fast (Rust) tokenizer for word alignment")
-    return TrainedModel(model, fit_for_words(tokenizer, str(tokenizer_dir)), settings)
+    return TrainedModel(model, fit_for_words(tokenizer, str(tokenizer_dir)), description)
 
 
 def _locate(directory, source):
-    """(model directory, tokenizer directory, settings file or None) inside a save_pretrained or MLflow
-    model directory."""
+    """(model directory, tokenizer directory) inside a save_pretrained or MLflow model directory."""
     if (directory / "config.json").is_file():
-        return directory, directory, None
+        return directory, directory
     if not (directory / "MLmodel").is_file():
         raise UserError(f"model {source!r}: {directory} holds neither config.json (a save_pretrained "
                         "directory) nor MLmodel (an MLflow model)")
@@ -87,8 +88,7 @@ def _locate(directory, source):
     artifacts = (flavors.get("python_function") or {}).get("artifacts") or {}
     if "save_pretrained" in artifacts:  # nerpipe's own Python-function model
         model_dir = directory / artifacts["save_pretrained"]["path"]
-        settings = artifacts.get("settings")
-        return model_dir, model_dir, directory / settings["path"] if settings else None
+        return model_dir, model_dir
     flavor = flavors.get("transformers")
     if flavor is None:
         raise UserError(f"model {source!r}: the MLflow model holds neither a save_pretrained artifact (what the "
@@ -98,4 +98,4 @@ def _locate(directory, source):
                         "save_pretrained=False, a Hugging Face hub reference); log it with save_pretrained=True")
     model_dir = directory / flavor["model_binary"]
     tokenizer_dir = directory / "components" / "tokenizer"
-    return model_dir, tokenizer_dir if tokenizer_dir.is_dir() else model_dir, None
+    return model_dir, tokenizer_dir if tokenizer_dir.is_dir() else model_dir

@@ -14,23 +14,22 @@ from the server, not a text "None") and describes the output. The logged model d
   code/nerpipe/             the nerpipe package that trained the model, put first on sys.path by MLflow:
                             the model loads where nerpipe is not installed, and in a fresh process runs
                             this code even where another nerpipe is installed
-  artifacts/save_pretrained/   the trained model (config, safetensors weights, tokenizer): transformers
-                               and `nerpipe predict --model` load it as it is
-  artifacts/nerpipe_predict.json   the windows and context of the training data and train.bf16 (see trained_model.py)
+  artifacts/save_pretrained/   the trained model, a copy of data/model (config, safetensors weights, tokenizer,
+                               nerpipe_model.json): transformers and `nerpipe predict --model` load it as it is
 
-The model runs on CUDA when there is a GPU (CUDA_VISIBLE_DEVICES= keeps it on the CPU), with bf16
-autocast as train.bf16 says for that device.
+The windows, the document context and the precision are the model's own, from its nerpipe_model.json
+(nerpipe/model/description.py). The model runs on CUDA when there is a GPU (CUDA_VISIBLE_DEVICES= keeps it
+on the CPU), with bf16 autocast as the train.bf16 it was trained with says for that device.
 """
 
-import json
 import threading
-from pathlib import Path
 
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel
 
 from nerpipe.core.params import EvaluateParams
+from nerpipe.model.description import usage_settings
 from nerpipe.predict.model_source import load_trained_model
 from nerpipe.predict.output import entity_records
 from nerpipe.predict.text import predict_lines, ready_to_tag
@@ -50,11 +49,11 @@ class Entity(BaseModel):
 class EntityTagger(PythonModel):
     def load_context(self, context):
         directory = context.artifacts["save_pretrained"]
-        settings = json.loads(Path(context.artifacts["settings"]).read_text())
+        settings = usage_settings(directory)
         self.model, self.tokenizer, _ = load_trained_model(directory)
         self.device, self.bf16 = ready_to_tag(self.model, self.tokenizer, directory, settings["bf16"])
         self.max_length, self.window_overlap = settings["max_length"], settings["window_overlap"]
-        self.context = settings.get("context", 0)  # models logged before prepare.context were sentence-level
+        self.context = settings["context"]
         self.batch_size = EvaluateParams.batch_size  # windows per forward pass: nerpipe predict's default
         # The server runs each request in a thread of its own. One forward pass at a time already uses
         # every core, and a fast tokenizer must not be called from two threads at once.

@@ -13,6 +13,7 @@ import mlflow
 import mlflow.pyfunc
 
 import nerpipe
+from nerpipe.model.description import usage_settings
 from nerpipe.model.methods import ADAPTER_DIR
 
 
@@ -29,7 +30,7 @@ def log_training(recording, metrics, timings, data, reports, model, params):
             mlflow.log_artifact(str(reports / name), artifact_path="train")
         if (model / ADAPTER_DIR).is_dir():  # the small part that trained (train.method lora, adapter, prompt)
             mlflow.log_artifacts(str(model / ADAPTER_DIR), artifact_path=ADAPTER_DIR)
-        _log_model(model, params, params.mlflow.register_model)
+        _log_model(model, params.mlflow.register_model)
 
 
 # What nerpipe/predict/pyfunc_model.py imports where the model is served (nerpipe itself is in the model's code/).
@@ -37,7 +38,7 @@ REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "
                 "ruamel.yaml", "mlflow", "peft")
 
 
-def _log_model(model_dir, params, register_as=""):
+def _log_model(model_dir, register_as=""):
     """`model_dir` (a save_pretrained directory) as runs:/<run_id>/model: a Python-function model whose
     predict runs nerpipe predict's code (nerpipe/predict/pyfunc_model.py, which describes the layout).
 
@@ -50,18 +51,13 @@ def _log_model(model_dir, params, register_as=""):
     # Files of the package, by path: importing nerpipe.predict here would make the train stage depend on
     # it, and re-run for every change to the prediction code.
     package = Path(nerpipe.__file__).parent
-    # The windows and document context the model was trained on, and the precision it trained in ('auto' is resolved where the
-    # model runs). prepare.* shaped data/prepared, a dep of the train stage.
-    settings = {"max_length": params.prepare.max_length, "window_overlap": params.prepare.window_overlap,
-                "context": params.prepare.context, "bf16": params.train.bf16}
+    usage_settings(model_dir)  # the served model reads its windows, context and precision from the copy
     with tempfile.TemporaryDirectory(prefix="nerpipe-log-model-") as tmp:
-        # MLflow names each artifact after its source: artifacts/save_pretrained/, artifacts/nerpipe_predict.json.
+        # MLflow names each artifact after its source: artifacts/save_pretrained/.
         saved = shutil.copytree(model_dir, Path(tmp) / "save_pretrained")
-        settings_file = Path(tmp) / "nerpipe_predict.json"
-        settings_file.write_text(json.dumps(settings, indent=2) + "\n")
         mlflow.pyfunc.log_model(
             name="model", python_model=str(package / "predict" / "pyfunc_model.py"), code_paths=[str(package)],
-            artifacts={"save_pretrained": str(saved), "settings": str(settings_file)},
+            artifacts={"save_pretrained": str(saved)},
             pip_requirements=[_pinned(name) for name in REQUIREMENTS], registered_model_name=register_as or None)
 
 

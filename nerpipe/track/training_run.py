@@ -15,7 +15,7 @@ import mlflow
 
 from nerpipe.core.atomic import write_json
 from nerpipe.core.errors import Interrupted
-from nerpipe.core.params import flatten
+from nerpipe.core.params import TRAIN_SECTIONS, flatten
 from nerpipe.track.held import HELD_METRICS, HeldMetrics
 from nerpipe.track.provenance import provenance_tags
 from nerpipe.track.results import log_params
@@ -76,7 +76,7 @@ def training_run(experiment_id, params, checkpoints, device, prepared):
             resumed = None
         run = mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id,
                                run_name=os.environ.get("DVC_EXP_NAME"))
-        log_params({k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")})
+        log_params(flatten(params, TRAIN_SECTIONS))
         mlflow.set_tags(provenance_tags(params, device, Path(prepared) / "stats.json"))
     checkpoints.run_id = run.info.run_id
     print(f"MLflow run {run.info.run_id} ({'resumed with the checkpoint' if resumed else 'new'}) in {tracking_uri()}")

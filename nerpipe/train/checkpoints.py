@@ -29,7 +29,7 @@ import transformers
 from safetensors.torch import load_file, load_model, save_model
 from tqdm import tqdm
 
-from nerpipe.core.atomic import atomic_path
+from nerpipe.core.atomic import atomic_path, recover
 from nerpipe.core.errors import UserError
 from nerpipe.core.params import flatten
 from nerpipe.model.methods import save_trained
@@ -49,7 +49,7 @@ def trajectory_params(params):
     the data was cut), less train.checkpoint_every (how often it is saved, not what it computes). Where
     MLflow records, what evaluate does and where the data came from (its bytes are in run_settings) do
     not change the run, so a checkpoint resumes across changes to them."""
-    return {k: v for k, v in flatten(params).items()
+    return {k: v for k, v in flatten(params, ("lr", "model", "train", "prepare")).items()
             if (k == "lr" or k.startswith(("model.", "train.", "prepare."))) and k != "train.checkpoint_every"}
 
 
@@ -128,7 +128,7 @@ class Checkpoints:
         self.run_id = None  # the MLflow run this training logs to; a resume continues it (nerpipe.track.training_run)
 
     def save(self, model, optimizer, scheduler, state, rank_rngs=None):
-        """rank_rngs: with several processes, each one's CPU RNG state, by rank (the main's is torch_rng)."""
+        """rank_rngs: with several processes, each one's CPU and CUDA RNG state (distributed.rng_state), by rank."""
         with atomic_path(self.last_dir, is_dir=True) as tmp:
             # save_model writes a tensor that several names share once (peft's prompt tuning holds the word
             # embeddings under two names); load_model restores every name.
@@ -166,6 +166,8 @@ class Checkpoints:
         """Load the last checkpoint into model/optimizer/scheduler; return its TrainState, or None."""
         from nerpipe.train.loop import TrainState  # the state's type lives with the loop that fills it
 
+        for saved in (self.last_dir, self.best_dir):  # a save killed between the two renames of its swap
+            recover(saved)
         for leftover in self.directory.glob(".*"):  # temporaries of a save that was killed
             shutil.rmtree(leftover, ignore_errors=True)
         if not (self.last_dir / "state.pt").exists():

@@ -86,6 +86,27 @@ class World:
         return model.no_sync() if self.distributed and not last else nullcontext()
 
 
+def seed_rank(world, seed):
+    """With several processes, each draws its own dropout masks: its CPU and CUDA generators are seeded with
+    seed + rank (with one seed, every process would drop the same positions of its own sentences). The
+    weights need no seed of their own: DDP starts every process from the main's. One process: untouched."""
+    if world.distributed:
+        torch.manual_seed(seed + world.rank)  # the CPU generator and every CUDA device's
+
+
+def rng_state(device):
+    """This process's random-number state: the CPU generator's, and that of its GPU when it trains on one."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None}
+
+
+def set_rng_state(saved, device):
+    """Put back what rng_state saved (the CUDA part only on a GPU: the device type is in the checkpoint's settings)."""
+    torch.set_rng_state(saved["cpu"])
+    if saved["cuda"] is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda"], device)
+
+
 def _collective_device():
     # gloo reduces CPU tensors, NCCL CUDA tensors
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -22,7 +22,7 @@ from nerpipe.data.batching import collate, length_grouped_batches
 from nerpipe.evaluate.inference import predict_tags
 from nerpipe.evaluate.scoring import entity_scores
 from nerpipe.model.device import autocast, pad_multiple
-from nerpipe.train.distributed import World
+from nerpipe.train.distributed import World, rng_state, seed_rank, set_rng_state
 
 LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
 
@@ -199,7 +199,9 @@ def fit(model, train, run):
     cfg, checkpoints, world = run.cfg, run.checkpoints, run.world
     optimizer = build_optimizer(model, run.lr, cfg.weight_decay)
     steps_per_epoch, total_steps = plan_steps(len(train), cfg)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    warmup_steps = int(cfg.warmup_ratio * total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    seed_rank(world, cfg.seed)  # before the resume, which puts back each process's saved state
     state = _resume(model, optimizer, scheduler, run)
     saved_at = state.step if state.step else None  # the step of the last checkpoint written
     trained = world.wrap(model)  # DDP (after the resume: it starts every process from the main's weights)
@@ -236,7 +238,7 @@ def fit(model, train, run):
                 if state.step % run.log_every == 0 or last:
                     _log_loss(state, progress, scheduler.get_last_lr()[0], run)
                 if state.step % eval_every == 0 or last:
-                    _evaluate(model, state, progress, run)
+                    _evaluate(model, state, progress, run, warmup_steps)
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}" if state.history else "-",
                                 lr=f"{scheduler.get_last_lr()[0]:.2e}",
@@ -264,8 +266,8 @@ def fit(model, train, run):
 
 def _resume(model, optimizer, scheduler, run):
     """The main process resumes the last checkpoint (or starts over); the others take its optimizer,
-    scheduler and progress, and their own RNG state. Their weights come from the main's when DDP wraps
-    the model, so the checkpoint need not be on a disk they see."""
+    scheduler and progress, and every process its own CPU and CUDA RNG state. Their weights come from the
+    main's when DDP wraps the model, so the checkpoint need not be on a disk they see."""
     state = _on_main(run, run.checkpoints.resume, model, optimizer, scheduler)
     world = run.world
     if not world.distributed:
@@ -279,7 +281,7 @@ def _resume(model, optimizer, scheduler, run):
         scheduler.load_state_dict(shared["scheduler"])
         state = dataclasses.replace(shared["state"], loss_sum=0.0)  # the main holds the saved sum of all
     if shared["rngs"]:
-        torch.set_rng_state(shared["rngs"][world.rank])
+        set_rng_state(shared["rngs"][world.rank], run.device)
     return state
 
 
@@ -288,7 +290,7 @@ def _save_checkpoint(model, optimizer, scheduler, state, run):
     world = run.world
     if world.distributed:
         state = dataclasses.replace(state, loss_sum=float(world.sum(state.loss_sum)))
-    rngs = world.gather_to_main(torch.get_rng_state()) if world.distributed else None
+    rngs = world.gather_to_main(rng_state(run.device)) if world.distributed else None
     _on_main(run, run.checkpoints.save, model, optimizer, scheduler, state, rngs)
 
 
@@ -304,7 +306,10 @@ def _log_loss(state, epoch, lr, run):
     _on_main(run, run.log_metrics, {"train_loss": loss, "learning_rate": lr}, state.step)
 
 
-def _evaluate(model, state, epoch, run):
+def _evaluate(model, state, epoch, run, warmup_steps=0):
+    """Score dev, keep the best model, and stop early after `patience` evaluations without a better F1.
+    An evaluation at a step of the warm-up does not count towards patience: dev F1 often stays at 0
+    while the rate is still rising (small data, many epochs), and that says nothing about convergence."""
     started = time.perf_counter()
     # Only the main process evaluates; every process takes its scores, so all take the same decisions.
     scores = run.world.from_main(_on_main(run, run.evaluate_dev, model))
@@ -317,7 +322,7 @@ def _evaluate(model, state, epoch, run):
     if scores["f1"] > state.best_dev_f1:
         state.best_dev_f1, state.best_step, state.evals_since_best = scores["f1"], state.step, 0
         _on_main(run, run.checkpoints.save_best, model)
-    else:
+    elif state.step > warmup_steps:
         state.evals_since_best += 1
         if run.cfg.patience and state.evals_since_best >= run.cfg.patience:
             state.stopped_early = True

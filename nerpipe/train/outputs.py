@@ -9,16 +9,19 @@ import shutil
 import pandas as pd
 
 from nerpipe.core.atomic import atomic_path, write_json
+from nerpipe.model.description import describe_trained
 from nerpipe.train.footprint import footprint
 from nerpipe.train.loop import speed, summary
 
 
-def export_model(best_dir, tokenizer, out):
-    """data/model: the best model (a save_pretrained directory, as Checkpoints.save_best wrote it) and
-    its tokenizer, replaced whole."""
+def export_model(best_dir, tokenizer, out, prepared, params):
+    """data/model: the best model (a save_pretrained directory, as Checkpoints.save_best wrote it), its
+    tokenizer and nerpipe_model.json (what using it needs: labels, windows, context, method, precision,
+    the data it learned from), replaced whole."""
     with atomic_path(out, is_dir=True) as tmp:
         shutil.copytree(best_dir, tmp, dirs_exist_ok=True)
         tokenizer.save_pretrained(tmp)
+        describe_trained(tmp, prepared, params.prepare, params.train.bf16)
 
 
 def write_reports(state, total_steps, model, device, model_dir, reports, timings_file, seconds):

@@ -69,7 +69,7 @@ def _train(params, paths, world, device, started):
             log_metrics=run.step_logger(steps_per_epoch) if run else (lambda metrics, step: None), world=world))
         if not world.is_main:
             return None
-        export_model(checkpoints.best_dir, tokenizer, paths.model_out)
+        export_model(checkpoints.best_dir, tokenizer, paths.model_out, paths.data, params)
         metrics, timings = write_reports(state, total_steps, model, device, paths.model_out, paths.reports,
                                          paths.timings, time.perf_counter() - started)
         log_training(run, metrics, timings, paths.data, paths.reports, paths.model_out, params)

@@ -8,20 +8,20 @@ What `save_trained` writes is a plain `save_pretrained` model either way, so eva
     config.json, model.safetensors   LoRA merged into the weights; for adapter and prompt, the base with
                                      its trained head (and LayerNorms for adapter)
     adapter/                         the small part that trained (peft's files for lora and prompt)
-    nerpipe_method.json              {"method": ..., "merged": true|false, ...}: where "merged" is false
-                                     (adapter, prompt) `load_trained` puts the adapter back on the base
+    nerpipe_model.json               "method": {"method": ..., "merged": true|false, ...}: where "merged" is
+                                     false (adapter, prompt) `load_trained` puts the adapter back on the base
+                                     (nerpipe/model/description.py; the train stage adds the rest)
 """
 
 import copy
 import dataclasses
 import importlib
-import json
 from pathlib import Path
 
 from nerpipe.core.errors import UserError
 from nerpipe.core.methods import METHODS
+from nerpipe.model.description import DESCRIPTION_FILE, read_method, write_method
 
-METHOD_FILE = "nerpipe_method.json"
 ADAPTER_DIR = "adapter"
 
 
@@ -53,26 +53,20 @@ def save_trained(model, directory):
     spec = dict(getattr(model, "nerpipe_method", {"method": "full"}))
     _module(spec["method"]).save(model, directory)
     spec["merged"] = METHODS[spec["method"]].merged
-    (directory / METHOD_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    write_method(directory, spec)
 
 
 def attach_saved_adapter(model, directory):
     """`model` loaded from `directory` as saved by save_trained, with its adapter put back where the
     method could not be merged; `model` itself otherwise (a plain model directory included)."""
-    path = Path(directory) / METHOD_FILE
-    if not path.is_file():
+    spec = read_method(directory)
+    if spec is None or spec.get("merged", True):
         return model
-    try:
-        spec = json.loads(path.read_text())
-        method = spec["method"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: not a nerpipe method file ({err}); delete it if the directory holds a plain "
-                        "model, or re-run the train stage") from None
-    if spec.get("merged", True):
-        return model
+    method = spec["method"]
     unmerged = [name for name, m in METHODS.items() if not m.merged]
     if method not in unmerged:
-        raise UserError(f"{path}: unknown unmerged method {method!r} (this nerpipe knows {', '.join(unmerged)})")
+        raise UserError(f"{Path(directory) / DESCRIPTION_FILE}: unknown unmerged method {method!r} (this nerpipe "
+                        f"knows {', '.join(unmerged)})")
     return _module(method).load(model, Path(directory), spec)
 
 

@@ -19,6 +19,7 @@ from nerpipe.core.params import SPLITS, PrepareParams, TrainParams
 from nerpipe.data.prepare import prepare_corpus
 from nerpipe.data.prepared import PreparedSplit, read_labels
 from nerpipe.evaluate.splits import evaluate_splits
+from nerpipe.model.description import describe_trained
 from nerpipe.model.loading import load_for_training, load_tokenizer, load_trained
 from nerpipe.train.checkpoints import Checkpoints
 from nerpipe.train.loop import DevSet, RunContext, dev_scorer, fit
@@ -65,7 +66,8 @@ def family_run(family_model_dir, tmp_path_factory):
     crashed_at = torch.load(root / "resumed/last/state.pt", weights_only=True)["state"]
     resumed = train(base, prepared, root / "resumed", tokenizer.pad_token_id)
     model_dir = shutil.copytree(resumed[2].best_dir, root / "model")
-    tokenizer.save_pretrained(model_dir)  # as the train stage does
+    tokenizer.save_pretrained(model_dir)  # as the train stage does (nerpipe.train.outputs.export_model)
+    describe_trained(model_dir, prepared, PrepareParams(max_length=MAX_LENGTH, window_overlap=OVERLAP), "off")
     return types.SimpleNamespace(family=family, prepared=prepared, tokenizer=tokenizer, reference=reference,
                                  resumed=resumed, crashed_at=crashed_at, model_dir=model_dir)
 
@@ -118,11 +120,8 @@ def test_mlflow_pyfunc_model_answers_what_predict_does(family_run, capsys, tmp_p
     from nerpipe.predict.pyfunc_model import EntityTagger
 
     monkeypatch.chdir(tmp_path)
-    settings = tmp_path / "nerpipe_predict.json"
-    settings.write_text(json.dumps({"max_length": MAX_LENGTH, "window_overlap": OVERLAP, "context": 0, "bf16": "off"}))
-    tagger = EntityTagger()
-    tagger.load_context(types.SimpleNamespace(artifacts={"save_pretrained": str(family_run.model_dir),
-                                                         "settings": str(settings)}))
+    tagger = EntityTagger()  # its settings come from the model's nerpipe_model.json
+    tagger.load_context(types.SimpleNamespace(artifacts={"save_pretrained": str(family_run.model_dir)}))
     texts = ["John Smith flew to Berlin on Monday .", "Maria arrived in Paris (Germany) on Friday."]
     expected = [json.loads(line)["entities"] for line in predicted(capsys, family_run.model_dir, texts, "jsonl").splitlines()]
     assert tagger.predict(texts) == expected

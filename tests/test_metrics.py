@@ -126,12 +126,20 @@ def test_pr_table_compares_the_types_either_revision_has():
                            "before_finetuning.dev.conlleval.f1": {"old": 0.1, "new": 0.1}},
             TRAIN_METRICS: {"train_seconds": {"old": 100.0, "new": 90.5}}}
     assert metrics_table(diff).splitlines()[2:] == [
-        "| dev F1 | 25.00 | 50.00 | +25.00 |",
-        "| dev F1 creative-work | – | 0.00 | – |",
-        "| dev F1 person | 50.00 | 100.00 | +50.00 |",
-        "| test F1 | – | – | – |",
-        "| test F1 creative-work | – | – | – |",
-        "| test F1 person | – | – | – |",
-        "| dev F1 before fine-tuning | 10.00 | 10.00 | +0.00 |",
-        "| test F1 before fine-tuning | – | – | – |",
-        "| train time (s) | 100.0 | 90.5 | -9.5 |"]
+        "| dev F1 | 25.00 | 50.00 | +25.00 | – | – |",
+        "| dev F1 creative-work | – | 0.00 | – | – | – |",
+        "| dev F1 person | 50.00 | 100.00 | +50.00 | – | – |",
+        "| test F1 | – | – | – | – | – |",
+        "| test F1 creative-work | – | – | – | – | – |",
+        "| test F1 person | – | – | – | – | – |",
+        "| dev F1 before fine-tuning | 10.00 | 10.00 | +0.00 | – | – |",
+        "| test F1 before fine-tuning | – | – | – | – | – |",
+        "| train time (s) | 100.0 | 90.5 | -9.5 | – | – |"]
+    # With the paired bootstrap's results (nerpipe.report.compare), keyed by metric name.
+    paired = {"dev.conlleval.person.f1": {"a": 0.5, "b": 1.0, "delta": 0.5, "ci_low": 0.1, "ci_high": 0.9,
+                                          "p_value": 0.012},
+              "dev.conlleval.f1": {"a": 0.25, "b": 0.5, "delta": 0.25, "ci_low": -0.05, "ci_high": 0.5,
+                                   "p_value": 0.25}}
+    rows = metrics_table(diff, paired).splitlines()
+    assert rows[2] == "| dev F1 | 25.00 | 50.00 | +25.00 | [-5.00, +50.00] | 0.250, not significant |"
+    assert rows[4] == "| dev F1 person | 50.00 | 100.00 | +50.00 | [+10.00, +90.00] | 0.012, significant |"

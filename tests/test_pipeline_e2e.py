@@ -96,9 +96,8 @@ def test_compare_reads_experiments_from_the_dvc_cache(repo, capsys):
     predictions come from the DVC cache by experiment name; `--seeds` lists this commit's experiments."""
     from nerpipe.cli import main
 
-    names = [line.split()[0] for line in repo.run("dvc", "exp", "ls", "--name-only").stdout.split("\n")[1:]
-             if line.strip()]
-    assert len(names) >= 2, names
+    names = repo.run("dvc", "exp", "ls", "--name-only").stdout.split()
+    assert len(names) == 2, names  # lr=3e-5 and prepare.max_length=32
     main(["compare", "--repo", str(repo.root), names[0], names[1], "--json", "--resamples", "200"])
     results = json.loads(capsys.readouterr().out)
     assert set(results) == {"dev", "test"}

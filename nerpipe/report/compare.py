@@ -128,10 +128,9 @@ def by_metric_name(results, mode="conlleval"):
     return {metric_name(split, mode, "f1", t): r for split, per_type in results.items() for t, r in per_type.items()}
 
 
-def significance(result):
-    """`p = 0.004, significant` or `p = 0.41, not significant` (at ALPHA)."""
-    verdict = "significant" if result["p_value"] < ALPHA else "not significant"
-    return f"p = {result['p_value']:.3g}, {verdict}"
+def format_p(p_value):
+    """Three decimals: 1,000 resamples cannot give a p-value below 1/1001."""
+    return f"{p_value:.3f}"
 
 
 def delta_with_interval(result):
@@ -150,7 +149,7 @@ def summary_sentence(result, split="test", a="A", b="B"):
         verdict = (f"not significant at {ALPHA}: within what resampling the {split} sentences gives, so not "
                    "evidence of a real change")
     return (f"{split.capitalize()} F1 of {b} is {direction} {a} ({delta_with_interval(result)} points, 95% "
-            f"interval; p = {result['p_value']:.3g}): {verdict}.")
+            f"interval; p = {format_p(result['p_value'])}): {verdict}.")
 
 
 def comparison_markdown(results, a, b, resamples, seed, mode):
@@ -162,8 +161,9 @@ def comparison_markdown(results, a, b, resamples, seed, mode):
              "|---|---|---:|---:|---:|---:|---|"]
     for split, per_type in results.items():
         for t, r in per_type.items():
+            verdict = "yes" if r["p_value"] < ALPHA else "no"
             lines.append(f"| {split} | {t or '**all**'} | {100 * r['a']:.2f} | {100 * r['b']:.2f} | "
-                         f"{delta_with_interval(r)} | {r['p_value']:.3g} | {'yes' if r['p_value'] < ALPHA else 'no'} |")
+                         f"{delta_with_interval(r)} | {format_p(r['p_value'])} | {verdict} |")
     if "test" in results:
         lines += ["", summary_sentence(results["test"][None], "test", a, b)]
     return "\n".join(lines) + "\n"

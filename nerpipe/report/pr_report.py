@@ -23,7 +23,14 @@ from nerpipe.core.atomic import write_text
 from nerpipe.core.errors import UserError, exit_on_user_error
 from nerpipe.core.params import read_yaml
 from nerpipe.evaluate.metrics import flatten_metrics, headline_rows, type_order
-from nerpipe.report.compare import ALPHA, by_metric_name, check_resamples, compare_runs, summary_sentence
+from nerpipe.report.compare import (
+    ALPHA,
+    by_metric_name,
+    check_resamples,
+    compare_runs,
+    format_p,
+    summary_sentence,
+)
 
 # pandas and matplotlib are imported where they are used: the `nerpipe` CLI imports every command
 # module, and they would add seconds to each `nerpipe set-params`.
@@ -100,7 +107,8 @@ def _significance_cells(result):
     if result is None:
         return "– | –"
     verdict = "significant" if result["p_value"] < ALPHA else "not significant"
-    return f"[{100 * result['ci_low']:+.2f}, {100 * result['ci_high']:+.2f}] | {result['p_value']:.3g}, {verdict}"
+    interval = f"[{100 * result['ci_low']:+.2f}, {100 * result['ci_high']:+.2f}]"
+    return f"{interval} | {format_p(result['p_value'])}, {verdict}"
 
 
 def paired_tests(repo, base, head, resamples, seed):

@@ -172,11 +172,13 @@ def comparison_markdown(results, a, b, resamples, seed, mode):
 # --- seeds ---------------------------------------------------------------------------------------------
 
 def experiment_names(repo):
-    """The DVC experiments of the current commit (what `dvc exp show` lists under it)."""
+    """The finished DVC experiments of the current commit (what `dvc exp show` lists under it; queued,
+    running and failed ones have no results yet)."""
     import dvc.api
 
     rows = dvc.api.exp_show(repo=str(repo))
-    return [row.get("Experiment") or row["rev"] for row in rows if row.get("typ") != "baseline"]
+    return [row.get("Experiment") or row["rev"] for row in rows
+            if row.get("typ") != "baseline" and row.get("State") in (None, "Success")]
 
 
 def run_summary(repo, rev):

@@ -250,7 +250,7 @@ class EvaluateParams:
     batch_size: int = 64
     """Windows per forward pass when predicting."""
     bootstrap_samples: int = 1000
-    """Resamples of the sentences behind each F1's 95% interval (README "Confidence intervals")."""
+    """Resamples of the sentences behind each F1's 95% interval (README "Confidence intervals and significance")."""
     bootstrap_seed: int = 0
     """Seed of those resamples: the same seed and predictions give the same intervals."""
 

@@ -139,6 +139,8 @@ def test_seed_groups_give_mean_std_and_each_seed(tmp_path, capsys, monkeypatch):
     assert f"| test F1 | {(f1[30] + f1[60]) / 2:.2f} ± {std:.2f} | {f1[30]:.2f} | {f1[60]:.2f} |" in markdown
     assert f"| test F1 | {(f1[90] + f1[100]) / 2:.2f} ± {abs(f1[90] - f1[100]) / 2 ** 0.5:.2f} | {f1[90]:.2f} | " \
            f"{f1[100]:.2f} |" in markdown
+    main(["compare", "--repo", str(root), "--seeds", "c0-s1", "c64-s2"])
+    assert f"| test F1 | {f1[30]:.2f} ± – | {f1[30]:.2f} |" in capsys.readouterr().out.splitlines()  # one seed
     main(["compare", "--repo", str(root), "--seeds", "c0-s1", "c64-s2", "--json"])
     groups = json.loads(capsys.readouterr().out)
     assert [(g["params"]["prepare.context"], [r["seed"] for r in g["runs"]]) for g in groups] == [(0, [1]), (64, [2])]

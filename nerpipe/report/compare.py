@@ -213,13 +213,13 @@ def seed_groups(summaries):
 
 
 def seed_statistics(runs):
-    """[(label, mean, std, [value per run])] of the headline F1s (std: sample, 0 for one run)."""
+    """[(label, mean, std, [value per run])] of the headline F1s (std: sample; None for one run)."""
     rows = []
     for label, name in headline_rows(*(metrics for _, _, metrics in runs)):
         values = [flatten_metrics(metrics).get(name) for _, _, metrics in runs]
         if any(v is None for v in values):
             continue
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        std = statistics.stdev(values) if len(values) > 1 else None
         rows.append((label, statistics.fmean(values), std, values))
     return rows
 
@@ -237,7 +237,8 @@ def seeds_markdown(groups):
                  "| metric | mean ± std | " + " | ".join(f"seed {seed}" for seed, _, _ in runs) + " |",
                  "|---|---:|" + "---:|" * len(runs)]
         for label, mean, std, values in seed_statistics(runs):
-            lines.append(f"| {label} | {100 * mean:.2f} ± {100 * std:.2f} | "
+            spread = "–" if std is None else f"{100 * std:.2f}"
+            lines.append(f"| {label} | {100 * mean:.2f} ± {spread} | "
                          + " | ".join(f"{100 * v:.2f}" for v in values) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"

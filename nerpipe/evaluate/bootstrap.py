@@ -35,20 +35,32 @@ def sentence_entities(tags, mode):
     return set(get_entities(tags))
 
 
-def sentence_counts(gold, pred, mode, types=None):
-    """(types, counts): the entity types (sorted; default those of gold and pred) and an int array
-    (sentences, types, 3) of true positives, predicted and gold entities of each type per sentence."""
-    gold_entities = [sentence_entities(tags, mode) for tags in gold]
-    pred_entities = [sentence_entities(tags, mode) for tags in pred]
-    if types is None:
-        types = sorted({e[0] for sentence in gold_entities + pred_entities for e in sentence})
+def entities_of(sentences, mode):
+    """[{(type, start, end)}] per sentence."""
+    return [sentence_entities(tags, mode) for tags in sentences]
+
+
+def types_of(*entity_lists):
+    """The entity types found in any of the entities_of lists, sorted (seqeval's per_type order)."""
+    return sorted({e[0] for entities in entity_lists for sentence in entities for e in sentence})
+
+
+def count_entities(gold_entities, pred_entities, types):
+    """int array (sentences, types, 3): true positives, predicted and gold entities of each type."""
     index = {t: i for i, t in enumerate(types)}
-    counts = np.zeros((len(gold), len(types), 3), dtype=np.int64)
+    counts = np.zeros((len(gold_entities), len(types), 3), dtype=np.int64)
     for i, (g, p) in enumerate(zip(gold_entities, pred_entities)):
         for kind, entities in ((TP, g & p), (PRED, p), (GOLD, g)):
             for entity in entities:
                 counts[i, index[entity[0]], kind] += 1
-    return types, counts
+    return counts
+
+
+def sentence_counts(gold, pred, mode):
+    """(types, counts) of one prediction: the types of gold and pred, and count_entities' array."""
+    gold_entities, pred_entities = entities_of(gold, mode), entities_of(pred, mode)
+    types = types_of(gold_entities, pred_entities)
+    return types, count_entities(gold_entities, pred_entities, types)
 
 
 def resample_weights(sentences, resamples, seed):
@@ -126,8 +138,9 @@ def _insert_after_f1(scores, interval):
 def paired_bootstrap(gold, pred_a, pred_b, mode, resamples, seed):
     """Paired bootstrap of F1(B) - F1(A) on the same sentences, overall (key None) and per type:
     {None or type: {"a", "b", "delta", "ci_low", "ci_high", "p_value"}}, F1 as fractions."""
-    types = sorted(set(sentence_counts(gold, pred_a, mode)[0]) | set(sentence_counts(gold, pred_b, mode)[0]))
-    counts_a, counts_b = (sentence_counts(gold, pred, mode, types)[1] for pred in (pred_a, pred_b))
+    gold_entities, a_entities, b_entities = (entities_of(tags, mode) for tags in (gold, pred_a, pred_b))
+    types = types_of(gold_entities, a_entities, b_entities)
+    counts_a, counts_b = (count_entities(gold_entities, p, types) for p in (a_entities, b_entities))
     weights = resample_weights(len(gold), resamples, seed)
     (a_types, a_all), (b_types, b_all) = f1_of(counts_a.sum(axis=0)), f1_of(counts_b.sum(axis=0))
     (ra_types, ra_all), (rb_types, rb_all) = (f1_of(resampled_counts(c, weights)) for c in (counts_a, counts_b))

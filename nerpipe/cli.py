@@ -10,6 +10,7 @@ import importlib
 COMMANDS = {
     "set-params": ("nerpipe.core.set_params", "set keys in params.yaml, refusing keys that do not exist"),
     "pr-report": ("nerpipe.report.pr_report", "Markdown comparing two revisions: metrics with deltas, params, plots"),
+    "compare": ("nerpipe.report.compare", "is a difference real? paired bootstrap of two runs' F1; seed groups"),
     "predict": ("nerpipe.predict.command", "tag raw text with the trained model: entities with offsets, type, score"),
 }
 

@@ -4,8 +4,9 @@
         --untrained reports/untrained/metrics.json --run reports/train/run.json --out reports/eval \
         --timings reports/timings/evaluate.json
 
-Writes metrics.json (entity P/R/F1 micro and per type in conlleval and strict IOB2 modes, token
-accuracy and per-tag report, before-fine-tuning F1), confusion_test.csv (per-type confusion, a DVC
+Writes metrics.json (entity P/R/F1 micro and per type in conlleval and strict IOB2 modes, each F1 with
+its 95% bootstrap interval over the split's sentences, token accuracy and per-tag report,
+before-fine-tuning F1), confusion_test.csv (per-type confusion, a DVC
 plot) and predictions_{dev,test}.conll (`word gold pred`, scoreable by the original conlleval).
 The precision (bf16 or fp32) is the model's own, from its nerpipe_model.json; params.yaml gives only
 evaluate.batch_size.
@@ -20,6 +21,7 @@ from nerpipe.core.atomic import atomic_path, write_json, write_text
 from nerpipe.core.errors import exit_on_user_error
 from nerpipe.core.params import load_params
 from nerpipe.data.conll import format_predictions
+from nerpipe.evaluate.bootstrap import with_f1_intervals
 from nerpipe.evaluate.metrics import evaluation_metrics, flatten_metrics
 from nerpipe.evaluate.splits import evaluate_splits, type_confusion
 from nerpipe.model.description import usage_settings
@@ -50,22 +52,28 @@ def main():
         model = load_trained(args.model).to(device)
         pad_id = load_tokenizer(str(args.model)).pad_token_id
         results = evaluate_splits(model, args.data, pad_id, params.evaluate.batch_size, device, bf16)
-        metrics = evaluation_metrics({name: r["scores"] for name, r in results.items()},
-                                     json.loads(args.untrained.read_text()))
+        bootstrap_started = time.perf_counter()
+        scores = {name: with_f1_intervals(r["scores"], r["data"].gold, r["pred"], params.evaluate.bootstrap_samples,
+                                          params.evaluate.bootstrap_seed) for name, r in results.items()}
+        bootstrap_seconds = time.perf_counter() - bootstrap_started
+        print(f"bootstrap intervals ({params.evaluate.bootstrap_samples} resamples): {bootstrap_seconds:.2f} s")
+        metrics = evaluation_metrics(scores, json.loads(args.untrained.read_text()))
         for name, r in results.items():
             write_text(args.out / f"predictions_{name}.conll", format_predictions(r["data"].words, r["data"].gold,
                                                                                   r["pred"]))
         with atomic_path(args.out / "confusion_test.csv") as tmp:
             type_confusion(results["test"]["data"].gold, results["test"]["pred"]).to_csv(tmp, index=False)
         write_json(args.out / "metrics.json", metrics)
-        timings = {"seconds": round(time.perf_counter() - started, 2), **{
+        timings = {"seconds": round(time.perf_counter() - started, 2),
+                   "bootstrap_seconds": round(bootstrap_seconds, 2), **{
             f"{name}_seconds": r["seconds"] for name, r in results.items()}}
         if args.timings:
             write_json(args.timings, timings)
         log_evaluation(run_id, params.evaluate, metrics, timings, args.out)
         values = flatten_metrics(metrics)
         for name in results:
-            print(f"{name}: F1 {values[f'{name}.conlleval.f1']:.4f} (conlleval), {values[f'{name}.strict.f1']:.4f} "
+            print(f"{name}: F1 {values[f'{name}.conlleval.f1']:.4f} [{values[f'{name}.conlleval.f1_ci_low']:.4f}, "
+                  f"{values[f'{name}.conlleval.f1_ci_high']:.4f}] (conlleval), {values[f'{name}.strict.f1']:.4f} "
                   f"(strict); before fine-tuning {values[f'before_finetuning.{name}.conlleval.f1']:.4f}")
 
 

@@ -23,6 +23,7 @@ from nerpipe.report.error_analysis import summarize
 from nerpipe.report.render import (
     errors_section,
     headline_table,
+    interval_note,
     method_line,
     plot_confusion,
     plot_learning_curve,
@@ -53,7 +54,7 @@ def main():
         rel = os.path.relpath(args.figures, args.out.parent)  # image links relative to report.md
         errors = summarize(*read_predictions(args.eval / "predictions_test.conll"))
         write_text(args.out, "\n\n".join([
-            "# NER report", headline_table(metrics),
+            "# NER report", headline_table(metrics), interval_note(metrics),
             method_line(load_params(args.params).train.method, {**train, **timings.get("train", {})}),
             f"Training: {train['steps']} optimizer steps, {train['epochs_completed']} epoch(s), best dev F1 "
             f"{train['best_dev_f1']:.4f} at step {train['best_step']}.",

@@ -15,7 +15,7 @@ from nerpipe.evaluate.metrics import (
 )
 from nerpipe.evaluate.scoring import score_split
 from nerpipe.report.pr_report import EVAL_METRICS, TRAIN_METRICS, TRAIN_TIMINGS, metrics_table
-from nerpipe.report.render import headline_table
+from nerpipe.report.render import headline_table, interval_note
 
 
 def scores(precision, recall, f1, support, **per_type):
@@ -122,12 +122,36 @@ def test_pr_table_compares_the_types_either_revision_has():
             TRAIN_TIMINGS: {"train_seconds": {"old": None, "new": 90.5}},
             TRAIN_METRICS: {"train_seconds": {"old": 100.0, "new": None}}}  # where a base before the timings file had it
     assert metrics_table(diff).splitlines()[2:] == [
-        "| dev F1 | 25.00 | 50.00 | +25.00 |",
-        "| dev F1 creative-work | – | 0.00 | – |",
-        "| dev F1 person | 50.00 | 100.00 | +50.00 |",
-        "| test F1 | – | – | – |",
-        "| test F1 creative-work | – | – | – |",
-        "| test F1 person | – | – | – |",
-        "| dev F1 before fine-tuning | 10.00 | 10.00 | +0.00 |",
-        "| test F1 before fine-tuning | – | – | – |",
-        "| train time (s) | 100.0 | 90.5 | -9.5 |"]
+        "| dev F1 | 25.00 | 50.00 | +25.00 | – | – |",
+        "| dev F1 creative-work | – | 0.00 | – | – | – |",
+        "| dev F1 person | 50.00 | 100.00 | +50.00 | – | – |",
+        "| test F1 | – | – | – | – | – |",
+        "| test F1 creative-work | – | – | – | – | – |",
+        "| test F1 person | – | – | – | – | – |",
+        "| dev F1 before fine-tuning | 10.00 | 10.00 | +0.00 | – | – |",
+        "| test F1 before fine-tuning | – | – | – | – | – |",
+        "| train time (s) | 100.0 | 90.5 | -9.5 | – | – |"]
+    # With the paired bootstrap's results (nerpipe.report.compare), keyed by metric name.
+    paired = {"dev.conlleval.person.f1": {"a": 0.5, "b": 1.0, "delta": 0.5, "ci_low": 0.1, "ci_high": 0.9,
+                                          "p_value": 0.012},
+              "dev.conlleval.f1": {"a": 0.25, "b": 0.5, "delta": 0.25, "ci_low": -0.05, "ci_high": 0.5,
+                                   "p_value": 0.25}}
+    rows = metrics_table(diff, paired).splitlines()
+    assert rows[2] == "| dev F1 | 25.00 | 50.00 | +25.00 | [-5.00, +50.00] | 0.250, not significant |"
+    assert rows[4] == "| dev F1 person | 50.00 | 100.00 | +50.00 | [+10.00, +90.00] | 0.012, significant |"
+
+
+def test_report_table_shows_each_f1_with_its_interval():
+    with_interval = {**METRICS, "test": {
+        "conlleval": {**scores(1.0, 1.0, 1.0, 3), "f1_ci_low": 0.84, "f1_ci_high": 0.853,
+                      "per_type": {"person": {**scores(0.9, 0.9, 0.9, 1), "f1_ci_low": 0.8, "f1_ci_high": 1.0}}},
+        "strict": {**scores(0.8, 0.8, 0.8, 3), "f1_ci_low": 0.75, "f1_ci_high": 0.85,
+                   "per_type": {"person": scores(0.8, 0.8, 0.8, 1)}}}}
+    assert headline_table(with_interval).splitlines()[5:] == [
+        "| test | **all** | 100.00 | 100.00 | **100.00** [84.0, 85.3] | 80.00 [75.0, 85.0] | 5.00 | 3 |",
+        "| test | person | 90.00 | 90.00 | 90.00 [80.0, 100.0] | 80.00 | 0.00 | 1 |"]
+    flat = flatten_metrics(with_interval)
+    assert flat["test.conlleval.f1_ci_low"] == 0.84 and flat["test.conlleval.person.f1_ci_high"] == 1.0
+    assert "test.strict.person.f1_ci_low" not in flat  # a value the file lacks is left out
+    assert interval_note(with_interval).startswith("F1 [95% interval]: a bootstrap over the split's sentences")
+    assert interval_note(METRICS).startswith("No confidence intervals")

@@ -73,7 +73,8 @@ def test_unknown_key_suggests_the_nearest(raw, message):
 
 def test_unknown_key_far_from_all_lists_the_valid_keys():
     text = problems_of(valid_raw(evaluate={"zzz": 1}))
-    assert "evaluate.zzz: unknown key (valid keys: evaluate.batch_size)" in text
+    assert ("evaluate.zzz: unknown key (valid keys: evaluate.batch_size, evaluate.bootstrap_samples, "
+            "evaluate.bootstrap_seed)") in text
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -102,6 +103,8 @@ def test_wrong_type(raw, message):
     (valid_raw(train={"lora": {"dropout": 1.5}}), "train.lora.dropout: must be in [0, 1), got 1.5"),
     (valid_raw(train={"lora": {"rank": 4}}), "train.lora.rank: unknown key"),
     (valid_raw(train={"prompt": {"virtual_tokens": 0}}), "train.prompt.virtual_tokens: must be >= 1, got 0"),
+    (valid_raw(evaluate={"bootstrap_samples": 1}), "evaluate.bootstrap_samples: must be >= 100 (the interval's "
+                                                   "2.5th and 97.5th percentiles need that many resamples), got 1"),
     (valid_raw(prepare={"max_length": 4}), "prepare.max_length: 4 is out of range 8..8192"),
     (valid_raw(prepare={"max_length": 16, "window_overlap": 9}),
      "prepare.window_overlap: 9 must be in 0..max_length/2 (8)"),
@@ -180,8 +183,8 @@ def test_flatten():
     assert "data.sha256" not in flat and "train" not in flat
     assert flat["data.remote_files.valid"] == "eng.testa" and flat["data.local_files.test"] == "test.txt"
     # lr, data (source + 3 remote_files + 3 local_files + 3 sha256), model, prepare, train (16 of its own,
-    # lora 4, adapter 2, prompt 1), evaluate, mlflow
-    assert len(flat) == 1 + 10 + 1 + 5 + 16 + 4 + 2 + 1 + 1 + 2
+    # lora 4, adapter 2, prompt 1), evaluate (batch size, bootstrap samples and seed), mlflow
+    assert len(flat) == 1 + 10 + 1 + 5 + 16 + 4 + 2 + 1 + 3 + 2
     assert flat["train.lora.target_modules"] == "auto" and flat["train.prompt.virtual_tokens"] == 20
     assert all(not isinstance(v, dict) for v in flat.values())
 

@@ -67,8 +67,16 @@ def test_outputs_hold_real_values(repo, fixture_dir, fixture_sha256):
     assert history[0] == "step,epoch,loss,lr"
     train = json.loads((root / "reports/train/metrics.json").read_text())
     assert train["steps"] == train["planned_steps"] == 6  # 10 windows+1 / batch 4 -> 3 steps x 2 epochs
+    for split in ("dev", "test"):  # every F1 after fine-tuning has its bootstrap interval
+        for mode in ("conlleval", "strict"):
+            for s in (metrics[split][mode], *metrics[split][mode]["per_type"].values()):
+                assert 0.0 <= s["f1_ci_low"] <= s["f1"] <= s["f1_ci_high"] <= 1.0
     report = (root / "reports/report.md").read_text()
-    assert "| test | **all** |" in report and "figures/learning_curve.png" in report
+    test_f1 = metrics["test"]["conlleval"]
+    assert (f"| test | **all** | {100 * test_f1['precision']:.2f} | {100 * test_f1['recall']:.2f} | "
+            f"**{100 * test_f1['f1']:.2f}** [{100 * test_f1['f1_ci_low']:.1f}, {100 * test_f1['f1_ci_high']:.1f}] |"
+            ) in report
+    assert "figures/learning_curve.png" in report
     timings = json.loads((root / "reports/timings/train.json").read_text())  # the wall times, apart
     assert timings["train_seconds"] > 0 and f"| train: optimizer steps | {timings['train_seconds']:.1f} |" in report
     written = {p.name for p in (root / "reports/timings").iterdir()}
@@ -175,3 +183,22 @@ def test_typo_fails_naming_the_key(repo):
     result = repo.run("dvc", "exp", "run", "-S", "+train.epoch=2", check=False)
     assert result.returncode != 0
     assert "train.epoch: unknown key; did you mean train.epochs?" in result.stderr + result.stdout
+
+
+def test_compare_reads_experiments_from_the_dvc_cache(repo, capsys):
+    """`nerpipe compare` between two experiments of the tests above (lr 3e-5, max_length 32): their
+    predictions come from the DVC cache by experiment name; `--seeds` lists this commit's experiments."""
+    from nerpipe.cli import main
+
+    names = repo.run("dvc", "exp", "ls", "--name-only").stdout.split()
+    assert len(names) == 2, names  # lr=3e-5 and prepare.max_length=32
+    main(["compare", "--repo", str(repo.root), names[0], names[1], "--json", "--resamples", "200"])
+    results = json.loads(capsys.readouterr().out)
+    assert set(results) == {"dev", "test"}
+    for split, per_type in results.items():
+        for entity_type, r in per_type.items():
+            assert r["delta"] == pytest.approx(r["b"] - r["a"], abs=2e-6) and 0 < r["p_value"] <= 1, entity_type
+    main(["compare", "--repo", str(repo.root), "--seeds", "--json"])
+    groups = json.loads(capsys.readouterr().out)
+    assert sorted(run["rev"] for group in groups for run in group["runs"]) == sorted(names)
+    assert all(run["seed"] == 42 for group in groups for run in group["runs"])

@@ -17,6 +17,7 @@ import pytest
 from nerpipe.cli import main
 from nerpipe.core.atomic import write_json
 from nerpipe.core.set_params import set_params
+from nerpipe.data.conll import format_predictions
 from nerpipe.evaluate.scoring import score_split
 from nerpipe.evaluate.splits import type_confusion
 
@@ -39,6 +40,9 @@ def write_run(root, dev_found, test_found, train_seconds, final_loss):
         "before_finetuning": {split: {mode: untrained[mode] for mode in ("conlleval", "strict")}
                               for split in ("dev", "test")}})
     type_confusion(GOLD, predict(*test_found)).to_csv(root / "reports/eval/confusion_test.csv", index=False)
+    for split, found in (("dev", dev_found), ("test", test_found)):
+        (root / f"reports/eval/predictions_{split}.conll").write_text(
+            format_predictions([[f"w{i}" for i in range(len(s))] for s in GOLD], GOLD, predict(*found)))
     write_json(root / "reports/train/metrics.json", {"steps": 6})
     write_json(root / "reports/timings/train.json", {"seconds": train_seconds + 5, "train_seconds": train_seconds})
     pd.DataFrame({"step": [3, 6], "epoch": [1.0, 2.0], "loss": [2.0, final_loss], "lr": [1e-3, 0.0]}).to_csv(
@@ -85,15 +89,12 @@ def test_table_params_and_plots_of_two_commits(repo, tmp_path):
     main(["pr-report", "--repo", str(repo), "--base", "HEAD~1", "--head", "HEAD", "--out", str(tmp_path)])
     report = (tmp_path / "report.md").read_text()
     # dev: base finds 2 of 4 entities (P 1, R .5, F1 66.67), PR 3 of 4 (F1 85.71); test: 1 of 4 vs all.
-    for row in ["| dev F1 | 66.67 | 85.71 | +19.05 |",
-                "| dev F1 PER | 100.00 | 100.00 | +0.00 |",
-                "| dev F1 ORG | 0.00 | 100.00 | +100.00 |",
-                "| dev F1 MISC | 0.00 | 0.00 | +0.00 |",
-                "| test F1 | 40.00 | 100.00 | +60.00 |",
-                "| test F1 LOC | 0.00 | 100.00 | +100.00 |",
-                "| dev F1 before fine-tuning | 0.00 | 0.00 | +0.00 |",
-                "| test F1 before fine-tuning | 0.00 | 0.00 | +0.00 |",
-                "| train time (s) | 100.0 | 90.5 | -9.5 |",
+    # An unchanged type has the point interval [0, 0] and p = 1.
+    for row in ["| dev F1 PER | 100.00 | 100.00 | +0.00 | [+0.00, +0.00] | 1.000, not significant |",
+                "| dev F1 MISC | 0.00 | 0.00 | +0.00 | [+0.00, +0.00] | 1.000, not significant |",
+                "| dev F1 before fine-tuning | 0.00 | 0.00 | +0.00 | – | – |",
+                "| test F1 before fine-tuning | 0.00 | 0.00 | +0.00 | – | – |",
+                "| train time (s) | 100.0 | 90.5 | -9.5 | – | – |",
                 "| `lr` | `5e-05` | `3e-05` |"]:
         assert row in report.splitlines(), f"{row!r} not in:\n{report}"
     # The entity types are those of the data, sorted by name: the order of per_type in metrics.json and
@@ -103,6 +104,13 @@ def test_table_params_and_plots_of_two_commits(repo, tmp_path):
                       "test F1 MISC", "test F1 ORG", "test F1 PER", "dev F1 before fine-tuning",
                       "test F1 before fine-tuning", "train time (s)"]
     assert report.startswith("## NER metrics: `HEAD` (PR) against `HEAD~1` (base)")
+    # The summary line: test F1 40 -> 100, three of four sentences fixed. Only a resample that draws the
+    # unchanged PER sentence four times ((1/4)^4 of them) shows no gain: p is about 0.004.
+    assert report.splitlines()[2] == (
+        "**Test F1 of `HEAD` is 60.00 points above `HEAD~1` (+60.00 [+14.29, +100.00] points, 95% interval; "
+        "p = 0.002): significant at 0.05: a resampling of the test sentences rarely gives a difference this large "
+        "by chance.**")
+    assert "| test F1 | 40.00 | 100.00 | +60.00 | [+14.29, +100.00] | 0.002, significant |" in report.splitlines()
     for image in ("training-loss.png", "dev-f1-during-training.png", "test-confusion-by-entity-type.png"):
         assert f"]({image})" in report
         data = (tmp_path / image).read_bytes()
@@ -117,16 +125,20 @@ def test_working_tree_against_a_revision_prints_to_stdout(repo, capsys):
     finally:
         git(repo, "checkout", "--", "reports")
     out = capsys.readouterr().out
-    assert "| train time (s) | 90.5 | 80.0 | -10.5 |" in out.splitlines()
-    assert "| dev F1 | 85.71 | 85.71 | +0.00 |" in out.splitlines()
+    assert "| train time (s) | 90.5 | 80.0 | -10.5 | – | – |" in out.splitlines()
+    assert "| dev F1 | 85.71 | 85.71 | +0.00 | [+0.00, +0.00] | 1.000, not significant |" in out.splitlines()
+    assert ("**Test F1 of `working tree` is the same as `HEAD` (+0.00 [+0.00, +0.00] points, 95% interval; "
+            "p = 1.000): not significant at 0.05") in out
     assert "`working tree` (PR)" in out and "No params changed." in out and "### Plots" not in out
 
 
 def test_a_base_without_results_shows_dashes(repo, tmp_path):
     main(["pr-report", "--repo", str(repo), "--base", "HEAD~2", "--head", "HEAD~1", "--out", str(tmp_path)])
     report = (tmp_path / "report.md").read_text().splitlines()
-    assert "| dev F1 | – | 66.67 | – |" in report
-    assert "| train time (s) | – | 100.0 | – |" in report
+    assert "| dev F1 | – | 66.67 | – | – | – |" in report
+    assert ("No significance test: HEAD~2: could not read reports/eval/predictions_dev.conll "
+            "(PathMissingError") in "\n".join(report)
+    assert "| train time (s) | – | 100.0 | – | – | – |" in report
     assert "![Dev F1 during training](dev-f1-during-training.png)" in report  # drawn for the one revision
 
 

@@ -18,6 +18,7 @@ from nerpipe.core.errors import UserError
 from nerpipe.core.methods import METHODS
 
 SPLITS = ("train", "valid", "test")
+MIN_RESAMPLES = 100  # bootstrap resamples: with fewer, a 95% interval's ends rest on two or three of them
 
 
 @dataclass
@@ -252,9 +253,17 @@ class TrainParams:
 class EvaluateParams:
     batch_size: int = 64
     """Windows per forward pass when predicting."""
+    bootstrap_samples: int = 1000
+    """Resamples of the sentences behind each F1's 95% interval (README "Confidence intervals and significance")."""
+    bootstrap_seed: int = 0
+    """Seed of those resamples: the same seed and predictions give the same intervals."""
 
     def problems(self):
-        return [] if self.batch_size >= 1 else [f"evaluate.batch_size: must be >= 1, got {self.batch_size}"]
+        out = [] if self.batch_size >= 1 else [f"evaluate.batch_size: must be >= 1, got {self.batch_size}"]
+        if self.bootstrap_samples < MIN_RESAMPLES:
+            out.append(f"evaluate.bootstrap_samples: must be >= {MIN_RESAMPLES} (the interval's 2.5th and 97.5th "
+                       f"percentiles need that many resamples), got {self.bootstrap_samples}; 1000 is usual")
+        return out
 
 
 @dataclass

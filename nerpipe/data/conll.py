@@ -135,8 +135,13 @@ def format_predictions(sentences_words, gold_tags, pred_tags):
 
 def read_predictions(path):
     """Read a `word gold pred` file back: (words, gold, pred), each a list of per-sentence lists."""
+    return parse_predictions(Path(path).read_text(encoding="utf-8"))
+
+
+def parse_predictions(text):
+    """(words, gold, pred) of the text of a `word gold pred` file (read from a file or a revision)."""
     words, gold, pred, sentence = [], [], [], []
-    for line in list(Path(path).read_text(encoding="utf-8").splitlines()) + [""]:
+    for line in list(text.splitlines()) + [""]:
         if line.strip():
             sentence.append(line.split())
         elif sentence:

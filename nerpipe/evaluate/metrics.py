@@ -6,9 +6,10 @@ their values (in MLflow, report.md and the pull-request comment).
                                      untrained file>}
 
 split is dev or test; mode is conlleval or strict (nerpipe.evaluate.scoring); scores is {precision,
-recall, f1, support, per_type: {entity type: {precision, recall, f1, support}}}. A value's name is
-its path without `per_type`: test.strict.f1, test.strict.PER.f1, before_finetuning.dev.conlleval.f1,
-plus dev.token_accuracy (README "MLflow" lists them). Wall times are not in these files, which are DVC
+recall, f1, f1_ci_low, f1_ci_high, support, per_type: {entity type: {the same but per_type}}}, the
+interval only after fine-tuning. A value's name is its path without `per_type`: test.strict.f1,
+test.strict.PER.f1, test.conlleval.f1_ci_low, before_finetuning.dev.conlleval.f1, plus
+dev.token_accuracy (README "MLflow" lists them). Wall times are not in these files, which are DVC
 outputs and hold the same bytes for the same inputs: they go to reports/timings/ (see dvc.yaml).
 
 Entity types are the per_type keys the files hold, never a fixed list. Every table and plot lists
@@ -21,6 +22,7 @@ Standard library only: the `nerpipe` CLI imports this through `nerpipe pr-report
 SPLITS = ("dev", "test")
 MODES = ("conlleval", "strict")
 SCORES = ("precision", "recall", "f1")  # the per-entity values tracked; support is the data's, not the model's
+INTERVAL = ("f1_ci_low", "f1_ci_high")  # F1's 95% bootstrap interval (nerpipe.evaluate.bootstrap)
 
 
 def untrained_metrics(scores):
@@ -60,14 +62,16 @@ def metric_name(split, mode, score, entity_type=None, before=False):
 
 
 def flatten_metrics(metrics):
-    """Every named value of an evaluate metrics.json, {name: float}: P/R/F1 per split and mode, overall
-    and per type; F1 before fine-tuning; token accuracy. A value the file lacks (an older layout) is left out."""
+    """Every named value of an evaluate metrics.json, {name: float}: P/R/F1 and F1's interval per split
+    and mode, overall and per type; F1 before fine-tuning; token accuracy. A value the file lacks (an
+    older layout) is left out."""
     values = {}
     for split in SPLITS:
         for mode in MODES:
             for entity_type in (None, *entity_types(metrics, splits=(split,))):
                 scores = scores_in(metrics, split, mode, entity_type)
-                values |= {metric_name(split, mode, k, entity_type): float(scores[k]) for k in SCORES if k in scores}
+                values |= {metric_name(split, mode, k, entity_type): float(scores[k]) for k in SCORES + INTERVAL
+                           if k in scores}
             before = scores_in(metrics, split, mode, before=True)
             if "f1" in before:
                 values[metric_name(split, mode, "f1", before=True)] = float(before["f1"])

@@ -1,11 +1,14 @@
-"""Compare two revisions in Markdown: a metric/base/PR/delta table, the changed params and the plots.
+"""Compare two revisions in Markdown: a metric/base/PR/delta table with each delta's significance, the
+changed params and the plots.
 
     nerpipe pr-report --base main                                   # main against the working tree
     nerpipe pr-report --base pr-base --head pr-head --out pr-report # two revisions, with plots
 
 A revision is anything DVC accepts: a branch, tag, commit or experiment name. The numbers come from
 `dvc metrics diff` and `dvc params diff`, the plots from `dvc plots diff` (the top-level `plots:` of
-dvc.yaml, drawn as PNGs so a pull-request comment can show them). Without --out the Markdown goes
+dvc.yaml, drawn as PNGs so a pull-request comment can show them). Each F1 delta is tested by a paired
+bootstrap over the predictions both revisions wrote (`nerpipe compare`; the summary line says in words
+whether test F1 moved by more than resampling noise). Without --out the Markdown goes
 to stdout and has no plots; with --out DIR it is written to DIR/report.md beside the PNGs it links.
 This is what the pull-request workflow posts; `make pr-report BASE=main` runs it locally.
 """
@@ -20,6 +23,14 @@ from nerpipe.core.atomic import write_text
 from nerpipe.core.errors import UserError, exit_on_user_error
 from nerpipe.core.params import read_yaml
 from nerpipe.evaluate.metrics import flatten_metrics, headline_rows, type_order
+from nerpipe.report.compare import (
+    ALPHA,
+    by_metric_name,
+    check_resamples,
+    compare_runs,
+    format_p,
+    summary_sentence,
+)
 
 # pandas and matplotlib are imported where they are used: the `nerpipe` CLI imports every command
 # module, and they would add seconds to each `nerpipe set-params`.
@@ -80,13 +91,37 @@ def _format(value, unit, signed=False):
     return f"{value:+.1f}" if signed else f"{value:.1f}"
 
 
-def metrics_table(metrics_diff):
-    """Markdown table from `dvc metrics diff --all --json` output; F1 in %, deltas in points."""
-    lines = ["| metric | base | PR | Δ |", "|---|---:|---:|---:|"]
+def metrics_table(metrics_diff, paired=None):
+    """Markdown table from `dvc metrics diff --all --json` output; F1 in %, deltas in points. paired:
+    {metric name: paired bootstrap result} (nerpipe.report.compare) for the interval and p columns."""
+    paired = paired or {}
+    lines = ["| metric | base | PR | Δ | Δ 95% interval | p (significant at 0.05?) |",
+             "|---|---:|---:|---:|---:|---|"]
+    names = dict(headline_rows(*(_revision_file(metrics_diff.get(EVAL_METRICS, {}), side) for side in ("old", "new"))))
     for label, old, new, unit in metric_rows(metrics_diff):
         delta = new - old if old is not None and new is not None else None
-        lines.append(f"| {label} | {_format(old, unit)} | {_format(new, unit)} | {_format(delta, unit, True)} |")
+        lines.append(f"| {label} | {_format(old, unit)} | {_format(new, unit)} | {_format(delta, unit, True)} | "
+                     f"{_significance_cells(paired.get(names.get(label)))} |")
     return "\n".join(lines)
+
+
+def _significance_cells(result):
+    if result is None:
+        return "– | –"
+    verdict = "significant" if result["p_value"] < ALPHA else "not significant"
+    interval = f"[{100 * result['ci_low']:+.2f}, {100 * result['ci_high']:+.2f}]"
+    return f"{interval} | {format_p(result['p_value'])}, {verdict}"
+
+
+def paired_tests(repo, base, head, resamples, seed):
+    """({metric name: paired bootstrap result}, summary line) of head against base; ({}, why not) when
+    a revision has no predictions to pair."""
+    try:
+        results = compare_runs(repo, base, head, resamples, seed)
+    except UserError as err:
+        return {}, f"No significance test: {err}"
+    return by_metric_name(results), "**" + summary_sentence(results["test"][None], "test", f"`{base}`",
+                                                            f"`{head or 'working tree'}`") + "**"
 
 
 def params_table(params_diff):
@@ -207,18 +242,21 @@ def draw_plots(repo, base, head, out_dir):
     return links
 
 
-def build_report(repo, base, head=None, out_dir=None):
+def build_report(repo, base, head=None, out_dir=None, resamples=1000, seed=0):
     """The Markdown comparing head (None: the working tree) with base; plots only when out_dir is given."""
     revs = _revs(base, head)
     metrics = run_dvc(repo, "metrics", "diff", *revs, "--all")
     params = run_dvc(repo, "params", "diff", *revs)
+    paired, summary = paired_tests(repo, base, head, resamples, seed)
     head_name = head or "working tree"
-    parts = [f"## NER metrics: `{head_name}` (PR) against `{base}` (base)",
+    parts = [f"## NER metrics: `{head_name}` (PR) against `{base}` (base)", summary,
              "Entity-level micro F1 in % (conlleval mode); Δ is PR minus base, in points (seconds for train time); "
-             "– where a revision has no value.",
-             metrics_table(metrics), "### Changed params", params_table(params)]
+             "– where a revision has no value. Δ's interval and p: paired bootstrap over the split's sentences "
+             f"(`nerpipe compare {base} {head or 'workspace'}`, {resamples} resamples, seed {seed}); "
+             "significant where p < 0.05.",
+             metrics_table(metrics, paired), "### Changed params", params_table(params)]
     if not metrics:
-        parts.insert(2, f"Neither revision has {EVAL_METRICS} or {TRAIN_METRICS}: run the pipeline and commit "
+        parts.insert(3, f"Neither revision has {EVAL_METRICS} or {TRAIN_METRICS}: run the pipeline and commit "
                         "them (DVC does not cache them, so git holds them).")
     if out_dir is not None:
         parts += ["### Plots", "\n\n".join(draw_plots(repo, base, head, out_dir))]
@@ -231,13 +269,17 @@ def add_arguments(parser):
     parser.add_argument("--repo", type=Path, default=Path("."), help="the git + DVC repository (default: .)")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for report.md and the plot PNGs (default: Markdown to stdout, no plots)")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per test (default: 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default: 0)")
 
 
 def run(args):
     with exit_on_user_error():
+        check_resamples(args.resamples)
         if args.out is None:
-            sys.stdout.write(build_report(args.repo, args.base, args.head))
+            sys.stdout.write(build_report(args.repo, args.base, args.head, resamples=args.resamples, seed=args.seed))
             return
         args.out.mkdir(parents=True, exist_ok=True)
-        write_text(args.out / "report.md", build_report(args.repo, args.base, args.head, args.out))
+        write_text(args.out / "report.md", build_report(args.repo, args.base, args.head, args.out, args.resamples,
+                                                        args.seed))
     print(f"wrote {args.out / 'report.md'}", file=sys.stderr)

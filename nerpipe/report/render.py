@@ -49,20 +49,37 @@ def _pct(x):
     return f"{100 * x:.2f}"
 
 
+def f1_with_interval(scores, bold=False):
+    """`84.64 [84.0, 85.3]`: F1 in % and, where the file has it, its 95% bootstrap interval."""
+    f1 = f"**{_pct(scores['f1'])}**" if bold else _pct(scores["f1"])
+    if "f1_ci_low" not in scores:
+        return f1
+    return f"{f1} [{100 * scores['f1_ci_low']:.1f}, {100 * scores['f1_ci_high']:.1f}]"
+
+
 def headline_table(metrics):
     """Dev/test P/R/F1 overall and per entity type of the split (conlleval mode), F1 strict and before
-    fine-tuning (0 where that mode or the untrained head has no entity of the type)."""
+    fine-tuning (0 where that mode or the untrained head has no entity of the type); F1s after
+    fine-tuning with their 95% interval where metrics.json has one."""
     rows = ["| split | type | precision | recall | F1 | F1 strict | F1 before fine-tuning | support |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for split in SPLITS:
         for t in (None, *entity_types(metrics, splits=(split,))):
             s = scores_in(metrics, split, "conlleval", t)
-            strict_f1 = scores_in(metrics, split, "strict", t).get("f1", 0.0)
+            strict = scores_in(metrics, split, "strict", t) or {"f1": 0.0}
             before_f1 = scores_in(metrics, split, "conlleval", t, before=True).get("f1", 0.0)
-            f1 = _pct(s["f1"]) if t else f"**{_pct(s['f1'])}**"
-            rows.append(f"| {split} | {t or '**all**'} | {_pct(s['precision'])} | {_pct(s['recall'])} | {f1} | "
-                        f"{_pct(strict_f1)} | {_pct(before_f1)} | {s['support']} |")
+            rows.append(f"| {split} | {t or '**all**'} | {_pct(s['precision'])} | {_pct(s['recall'])} | "
+                        f"{f1_with_interval(s, bold=t is None)} | {f1_with_interval(strict)} | {_pct(before_f1)} | "
+                        f"{s['support']} |")
     return "\n".join(rows)
+
+
+def interval_note(metrics):
+    """The sentence under the headline table that says what the bracketed intervals are."""
+    if "f1_ci_low" not in scores_in(metrics, "test"):
+        return "No confidence intervals: this metrics.json predates them (re-run `dvc repro evaluate`)."
+    return ("F1 [95% interval]: a bootstrap over the split's sentences (evaluate.bootstrap_samples resamples, "
+            "seeded by evaluate.bootstrap_seed); `nerpipe compare` tests a difference between two runs.")
 
 
 def method_line(method, train):

@@ -43,7 +43,7 @@ def test_exp_run_with_a_roberta_model_and_lora(tmp_path_factory, fixture_dir, fi
             assert inner == in_text
             assert tokenizer.decode(ids, skip_special_tokens=True) == " " + " ".join(words)
     assert whole >= 5 and len(examples) > len(sentences)  # sentences in one window, and windowed ones
-    assert json.loads((root / "data/model/nerpipe_method.json").read_text())["method"] == "lora"
+    assert json.loads((root / "data/model/nerpipe_model.json").read_text())["method"]["method"] == "lora"
     assert json.loads((root / "data/model/config.json").read_text())["model_type"] == "roberta"
     lora = json.loads((root / "data/model/adapter/adapter_config.json").read_text())
     assert sorted(lora["target_modules"]) == ["query", "value"]  # peft's default for roberta

@@ -101,7 +101,9 @@ def test_each_stage_reads_exactly_the_params_it_declares(repo):
         unread = sorted(d for d in declared if not any(covers(k, d) for k in reads))
         assert (undeclared, unread) == ([], []), f"stage {name}: read but not in its dvc.yaml params: {undeclared}; " \
                                                  f"declared but never read: {unread}"
-    assert repo.param_reads["stages/evaluate.py"] == {"evaluate.batch_size"}  # bf16 comes from the model
+    # bf16 comes from the model; the bootstrap settings make the intervals
+    assert repo.param_reads["stages/evaluate.py"] == {"evaluate.batch_size", "evaluate.bootstrap_samples",
+                                                      "evaluate.bootstrap_seed"}
     assert {"prepare.max_length", "prepare.context", "lr"} <= repo.param_reads["stages/train.py"]
 
 
@@ -191,8 +193,14 @@ def test_compare_reads_experiments_from_the_dvc_cache(repo, capsys):
     from nerpipe.cli import main
 
     names = repo.run("dvc", "exp", "ls", "--name-only").stdout.split()
-    assert len(names) == 2, names  # lr=3e-5 and prepare.max_length=32
-    main(["compare", "--repo", str(repo.root), names[0], names[1], "--json", "--resamples", "200"])
+    # lr=3e-5 twice (the second restored from the run-cache) and prepare.max_length=32
+    assert len(names) == 3, names
+    shown = json.loads(repo.run("dvc", "exp", "show", "--json").stdout)
+    params = {exp["name"]: exp["data"]["params"]["params.yaml"]["data"] for rev in shown
+              for exp in (rev.get("experiments") or []) for exp in [exp["revs"][0]]}
+    a, b = (next(n for n in names if params[n]["lr"] == 3e-5),
+            next(n for n in names if params[n]["prepare"]["max_length"] == 32))
+    main(["compare", "--repo", str(repo.root), a, b, "--json", "--resamples", "200"])
     results = json.loads(capsys.readouterr().out)
     assert set(results) == {"dev", "test"}
     for split, per_type in results.items():

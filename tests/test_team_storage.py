@@ -222,6 +222,13 @@ def test_the_state_file_is_private_from_its_first_byte(tmp_path, monkeypatch):
     assert len({keys["secret_key"] for keys in state["s3"].values()}) == 3
 
 
+def test_generated_secrets_paste_into_commands():
+    """A secret that began with "-" would be read as an option by `dvc remote modify ... secret_access_key`
+    (token_urlsafe gives one in about 1 of 64 draws)."""
+    drawn = [team_server._secret() for _ in range(2000)]
+    assert len(set(drawn)) == 2000 and all(len(s) == 48 and s.isalnum() and s.islower() for s in drawn)
+
+
 def test_two_clones_log_whole_runs_to_the_shared_server(teammates, team):
     client = MlflowClient(team["mlflow"])
     experiment = client.get_experiment_by_name(EXPERIMENT)

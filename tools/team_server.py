@@ -78,7 +78,9 @@ def _free_port_pair():
 
 
 def _secret():
-    return secrets.token_urlsafe(24)
+    # Hex, not token_urlsafe: a secret that begins with "-" is read as an option by the commands people
+    # paste it into (`dvc remote modify --local storage secret_access_key -Pe8...` fails).
+    return secrets.token_hex(24)
 
 
 def _s3_identity(name):

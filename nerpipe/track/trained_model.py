@@ -3,7 +3,6 @@ the best model as an MLflow model. Apart from the other nerpipe.track modules so
 only resume a run (evaluate, report) do not import the model code.
 """
 
-import json
 import shutil
 import tempfile
 from importlib.metadata import version

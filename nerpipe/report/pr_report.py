@@ -5,8 +5,8 @@ changed params and the plots.
     nerpipe pr-report --base pr-base --head pr-head --out pr-report # two revisions, with plots
 
 A revision is anything DVC accepts: a branch, tag, commit or experiment name. The numbers come from
-`dvc metrics diff` and `dvc params diff`, the plots from `dvc plots diff` (the top-level `plots:` of
-dvc.yaml, drawn as PNGs so a pull-request comment can show them). Each F1 delta is tested by a paired
+`dvc metrics diff` and `dvc params diff`, the plots from `dvc plots diff` (the plots the stages of
+dvc.yaml declare, drawn as PNGs so a pull-request comment can show them). Each F1 delta is tested by a paired
 bootstrap over the predictions both revisions wrote (`nerpipe compare`; the summary line says in words
 whether test F1 moved by more than resampling noise). Without --out the Markdown goes
 to stdout and has no plots; with --out DIR it is written to DIR/report.md beside the PNGs it links.

@@ -18,7 +18,7 @@ $(BIN)/activate:
 # satisfied by it, so no dependency drags in a multi-GB CUDA build.
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[test,bench,team]'
+	$(BIN)/pip install -q -e '.[test,bench,team,serve]'
 	touch $@
 
 setup: $(VENV)/.installed

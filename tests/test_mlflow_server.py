@@ -17,7 +17,7 @@ import requests
 import torch
 from mlflow import MlflowClient
 
-from bench.serving import stop, wait_for
+from nerpipe.predict.server_process import stop, wait_for
 from nerpipe.core.params import flatten, load_params, read_yaml
 from nerpipe.model.description import USAGE_KEYS
 from tests.pipeline_repo import PipelineRepo, tiny_overrides

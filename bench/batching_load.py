@@ -114,16 +114,17 @@ def measure(server_name, url, sentences, args, answers):
 def compare_answers(answers):
     """For sentences both servers answered: how many differ in their entities (text, type, offsets), and the
     largest score difference among the ones that agree."""
-    both = [a for a in answers.values() if len(a) == 2]
-    differ, score_diff = 0, 0.0
-    for a in both:
+    both = {text: a for text, a in answers.items() if len(a) == 2}
+    differ, score_diff = [], 0.0
+    for text, a in both.items():
         x, y = a.values()
         if [(e["text"], e["type"], e["start"], e["end"]) for e in x] != [(e["text"], e["type"], e["start"], e["end"])
                                                                        for e in y]:
-            differ += 1
+            differ.append({"text": text, **a})
         else:
             score_diff = max([score_diff] + [abs(e["score"] - f["score"]) for e, f in zip(x, y)])
-    return {"sentences_compared": len(both), "entities_differ": differ, "max_score_difference": score_diff}
+    return {"sentences_compared": len(both), "entities_differ": len(differ), "max_score_difference": score_diff,
+            "differing": differ[:10]}
 
 
 def markdown(rows):

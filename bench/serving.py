@@ -1,37 +1,15 @@
 """What bench/inference.py, bench/load.py and bench/batching_load.py share: a model server as a child process
 (nerpipe/predict/server_process.py: `mlflow models serve` or `nerpipe serve`), the CoNLL test sentences as raw
-text, and `nerpipe predict` as the reference answer (as a command, or its code in process).
+text (nerpipe.data.conll.raw_texts), and `nerpipe predict`'s code in process as the reference answer.
 
     with serve_model("runs:/<run_id>/model", Path("serve.log")) as server:
         requests.post(f"{server.url}/invocations", json={"inputs": ["John Smith flew to Paris."]})
 """
 
 import argparse
-import json
-import subprocess
-import tempfile
-from pathlib import Path
 
-from nerpipe.data.conll import read_conll
+from nerpipe.data.conll import raw_texts  # noqa: F401 (bench/ imports it from here)
 from nerpipe.predict.server_process import BIN, Server, serve_batched, serve_model  # noqa: F401 (bench/ imports them here)
-
-
-def raw_texts(conll_file):
-    """Each sentence of a CoNLL file as raw text: its words joined by single spaces."""
-    return [" ".join(sentence.words) for sentence in read_conll(conll_file)]
-
-
-def nerpipe_predict(model, texts, *flags, env=None):
-    """The entities `nerpipe predict --format jsonl` gives for each text (one text per line of a file)."""
-    assert not any("\n" in text or "\r" in text for text in texts), "one text per line"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "texts.txt"
-        path.write_text("".join(f"{text}\n" for text in texts), encoding="utf-8")
-        out = subprocess.run([str(BIN / "nerpipe"), "predict", "--model", str(model), "--input", str(path),
-                              "--format", "jsonl", *flags], capture_output=True, text=True, env=env, cwd=tmp)
-    if out.returncode != 0:
-        raise RuntimeError(f"nerpipe predict exited {out.returncode}:\n{out.stderr[-3000:]}")
-    return [json.loads(line)["entities"] for line in out.stdout.splitlines()]
 
 
 class NerpipeTagger:

@@ -9,7 +9,6 @@ train stage logs it.
 
 import json
 import signal
-import subprocess
 import threading
 import time
 
@@ -17,8 +16,9 @@ import mlflow
 import pytest
 import requests
 
-from nerpipe.data.conll import read_conll
-from nerpipe.predict.server_process import BIN, serve_batched
+from nerpipe.data.conll import raw_texts
+from nerpipe.predict.server_process import serve_batched
+from tests.served import nerpipe_predict
 from tests.test_served_model import TEXTS, logged, predict_entities  # noqa: F401 (logged: the module's fixture)
 
 
@@ -37,18 +37,14 @@ DOCUMENT = " ".join([SENTENCE] * 4000)  # long enough to be in the model when SI
 
 @pytest.fixture(scope="module")
 def sentences(fixture_dir):
-    return [" ".join(sentence.words) for sentence in read_conll(fixture_dir / "test.txt")]
+    return raw_texts(fixture_dir / "test.txt")
 
 
 @pytest.fixture(scope="module")
-def expected(logged, sentences, tmp_path_factory):  # noqa: F811
+def expected(logged, sentences):  # noqa: F811
     """{text: entities} from the `nerpipe predict` command on the model directory."""
     texts = [*TEXTS, *sentences, SENTENCE, DOCUMENT, "John Smith flew to Paris ."]
-    path = tmp_path_factory.mktemp("texts") / "texts.txt"
-    path.write_text("".join(f"{text}\n" for text in texts), encoding="utf-8")
-    out = subprocess.run([str(BIN / "nerpipe"), "predict", "--model", str(logged["model_dir"]), "--input", str(path),
-                          "--format", "jsonl"], capture_output=True, text=True, env=logged["env"], check=True)
-    return dict(zip(texts, (json.loads(line)["entities"] for line in out.stdout.splitlines())))
+    return dict(zip(texts, nerpipe_predict(logged["model_dir"], texts, env=logged["env"])))
 
 
 def post(server, body, timeout=60):
@@ -126,11 +122,12 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers(server,
 def test_sigterm_finishes_the_requests_in_flight_then_exits(server, expected):
     """Last in the module: it stops the server."""
     before = sum(batches(server).values())
-    results = []
+    results, answered = [], []
 
     def client():
         response = post(server, {"inputs": [DOCUMENT, "John Smith flew to Paris ."]}, timeout=120)
         results.append((response.status_code, response.json()))
+        answered.append(time.monotonic())
 
     threads = [threading.Thread(target=client) for _ in range(3)]
     for thread in threads:
@@ -146,5 +143,6 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(server, expected):
     want = {"predictions": [expected[DOCUMENT], expected["John Smith flew to Paris ."]]}
     assert len(want["predictions"][0]) == 4 * 4000  # Peter Smith, Washington, Siemens, Berlin in each sentence
     assert results == [(200, want)] * 3, f"{time.monotonic() - sent:.1f} s after SIGTERM"
+    assert max(answered) > sent  # they were still in flight when SIGTERM came
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/ping", timeout=5)

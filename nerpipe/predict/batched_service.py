@@ -54,7 +54,7 @@ def parse_inputs(body):
     return texts
 
 
-@serve.deployment(max_ongoing_requests=2 * MAX_BATCH_SIZE, graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
+@serve.deployment(graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
 class EntityService:
     def __init__(self, model_uri, max_batch_size=MAX_BATCH_SIZE, batch_wait_s=BATCH_WAIT_S):
         import mlflow.pyfunc
@@ -102,8 +102,9 @@ class EntityService:
 def application(model_uri, replicas=1, cpus_per_replica=1.0, max_batch_size=MAX_BATCH_SIZE, batch_wait_s=BATCH_WAIT_S):
     """The Ray Serve application: `replicas` copies of EntityService, each with `cpus_per_replica` CPUs (its torch
     threads: Ray sets OMP_NUM_THREADS to them)."""
-    return EntityService.options(num_replicas=replicas, ray_actor_options={"num_cpus": cpus_per_replica}).bind(
-        model_uri, max_batch_size, batch_wait_s)
+    # Room for a full batch in the model and the next one filling, per replica.
+    return EntityService.options(num_replicas=replicas, ray_actor_options={"num_cpus": cpus_per_replica},
+                                 max_ongoing_requests=2 * max_batch_size).bind(model_uri, max_batch_size, batch_wait_s)
 
 
 def build(args):

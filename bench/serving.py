@@ -1,6 +1,6 @@
 """What bench/inference.py, bench/load.py and bench/batching_load.py share: a model server as a child process
 (nerpipe/predict/server_process.py: `mlflow models serve` or `nerpipe serve`), the CoNLL test sentences as raw
-text (nerpipe.data.conll.raw_texts), and `nerpipe predict`'s code in process as the reference answer.
+text, and `nerpipe predict`'s code in process as the reference answer.
 
     with serve_model("runs:/<run_id>/model", Path("serve.log")) as server:
         requests.post(f"{server.url}/invocations", json={"inputs": ["John Smith flew to Paris."]})
@@ -8,8 +8,7 @@ text (nerpipe.data.conll.raw_texts), and `nerpipe predict`'s code in process as 
 
 import argparse
 
-from nerpipe.data.conll import raw_texts  # noqa: F401 (bench/ imports it from here)
-from nerpipe.predict.server_process import BIN, Server, serve_batched, serve_model  # noqa: F401 (bench/ imports them here)
+from nerpipe.predict.server_process import BIN, Server, raw_texts, serve_batched, serve_model  # noqa: F401 (bench/ imports them)
 
 
 class NerpipeTagger:

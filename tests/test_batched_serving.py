@@ -16,8 +16,7 @@ import mlflow
 import pytest
 import requests
 
-from nerpipe.data.conll import raw_texts
-from nerpipe.predict.server_process import serve_batched
+from nerpipe.predict.server_process import raw_texts, serve_batched
 from tests.served import nerpipe_predict
 from tests.test_served_model import TEXTS, logged, predict_entities  # noqa: F401 (logged: the module's fixture)
 

@@ -20,8 +20,7 @@ from transformers import AutoModelForTokenClassification
 
 from bench.load import load_test
 from nerpipe.cli import main
-from nerpipe.data.conll import raw_texts
-from nerpipe.predict.server_process import serve_model
+from nerpipe.predict.server_process import raw_texts, serve_model
 from nerpipe.track.trained_model import _log_model
 from tests.test_predict import build_keyword_model
 

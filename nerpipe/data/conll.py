@@ -150,9 +150,3 @@ def parse_predictions(text):
             pred.append([c[-1] for c in sentence])
             sentence = []
     return words, gold, pred
-
-
-def raw_texts(path):
-    """Each sentence of a CoNLL file as raw text, its words joined by single spaces: what a user would send
-    `nerpipe predict` or the served model (the load benchmarks in bench/ and the serving tests)."""
-    return [" ".join(sentence.words) for sentence in read_conll(path)]

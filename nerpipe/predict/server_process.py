@@ -17,7 +17,15 @@ from typing import NamedTuple
 
 import requests
 
+from nerpipe.data.conll import read_conll
+
 BIN = Path(sys.executable).parent  # the venv: mlflow, uvicorn and nerpipe
+
+
+def raw_texts(conll_file):
+    """Each sentence of a CoNLL file as raw text, its words joined by single spaces: what the load benchmarks and
+    the serving tests send."""
+    return [" ".join(sentence.words) for sentence in read_conll(conll_file)]
 
 
 def free_port():

@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup repro test bench gpu-payload lint postgres pr-profile pr-report compare tracking-server tracking-server-stop tracking-user clean
+.PHONY: setup repro test bench serve serve-bench gpu-payload lint postgres pr-profile pr-report compare tracking-server tracking-server-stop tracking-user clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(BIN)/activate:
 # satisfied by it, so no dependency drags in a multi-GB CUDA build.
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[test,bench,team]'
+	$(BIN)/pip install -q -e '.[test,bench,team,serve]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -75,6 +75,21 @@ test: setup lint postgres
 bench: setup
 	PYTHONPATH=. $(BIN)/python -m bench.run_benchmark --quick --out bench/results/quick.json \
 	  $(if $(DATA),--data $(DATA)) $(if $(MODEL),--model $(MODEL))
+
+# The logged MLflow model over HTTP with concurrent requests batched (Ray Serve; docs/serving.md):
+#   make serve MODEL_URI=runs:/<run_id>/model [PORT=8000] [REPLICAS=2] [HOST=0.0.0.0]
+# MLFLOW_TRACKING_URI as for `nerpipe predict` (default: mlflow.db here). Ctrl-C or SIGTERM stops it cleanly.
+serve: setup
+	@if [ -z "$(MODEL_URI)" ]; then echo "usage: make serve MODEL_URI=runs:/<run_id>/model [PORT=8000] [REPLICAS=1] [HOST=127.0.0.1]" >&2; exit 2; fi
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(BIN)/nerpipe serve --model $(MODEL_URI) \
+	  --port $(or $(PORT),8000) --replicas $(or $(REPLICAS),1) $(if $(HOST),--host $(HOST))
+
+# The serving load benchmark (bench/batching_load.py): `mlflow models serve` against `nerpipe serve` on the CoNLL
+# test sentences, 1/4/16/64 clients and the mixed pattern; a few minutes. MODEL_URI as for serve, DATA as for repro.
+serve-bench: setup
+	@if [ -z "$(MODEL_URI)" ]; then echo "usage: make serve-bench MODEL_URI=runs:/<run_id>/model [DATA=/path/to/conll2003]" >&2; exit 2; fi
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} PYTHONPATH=. $(BIN)/python -m bench.batching_load \
+	  --model $(MODEL_URI) --out bench/results/batching_load.json $(if $(DATA),--data $(DATA))
 
 # A team's storage on this machine (tools/team_server.py): S3 (SeaweedFS) for the DVC remote and MLflow's
 # artifacts, PostgreSQL for MLflow's runs, and the MLflow server. Data, logs and keys go to DIR; it prints

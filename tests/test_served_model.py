@@ -19,8 +19,8 @@ import yaml
 from transformers import AutoModelForTokenClassification
 
 from bench.load import load_test
-from bench.serving import raw_texts, serve_model
 from nerpipe.cli import main
+from nerpipe.predict.server_process import raw_texts, serve_model
 from nerpipe.track.trained_model import _log_model
 from tests.test_predict import build_keyword_model
 

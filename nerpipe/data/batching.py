@@ -14,8 +14,8 @@ from nerpipe.data.alignment import IGNORE
 class RaggedColumn:
     """A list-of-ints Arrow column as one flat numpy array plus offsets: row i is values[o[i]:o[i+1]]."""
 
-    def __init__(self, dataset, name):
-        column = dataset.data.table.column(name).combine_chunks()
+    def __init__(self, table, name):
+        column = table.column(name).combine_chunks()
         self.values = column.values.to_numpy(zero_copy_only=False)
         self.offsets = column.offsets.to_numpy()
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from nerpipe.core.errors import UserError
 from nerpipe.data.alignment import build_examples
+from nerpipe.data.prepared import WindowedExamples
 from nerpipe.evaluate.inference import predict_word_labels
 from nerpipe.model.device import pick_device, set_tf32, use_bf16
 from nerpipe.predict.words import split_words
@@ -80,36 +81,12 @@ def tag_words(model, tokenizer, sentences_words, max_length, overlap, batch_size
     if context:
         batch["doc_id"] = [doc_ids[i] for i in keep]
     rows = build_examples(batch, tokenizer, {"O": 0}, max_length, overlap, label_all_tokens=False, context=context)
-    examples = WindowRows(rows)
+    examples = WindowedExamples.from_rows(rows)
     kept_ids, kept_scores = predict_word_labels(model, examples, [len(w) for w in kept], tokenizer.pad_token_id,
                                                 batch_size, device, bf16, progress=False)
     for j, i in enumerate(keep):
         label_ids[i], scores[i] = kept_ids[j], kept_scores[j]
     return label_ids, scores
-
-
-class WindowRows:
-    """build_examples' windows in memory, with the columns predict_word_labels reads from prepared data
-    (nerpipe.data.prepared.WindowedExamples). Not a datasets.Dataset: building one fingerprints its
-    contents, 7 ms for a single sentence, more than that sentence's forward pass."""
-
-    def __init__(self, rows):
-        self.input_ids, self.word_index = _Ragged(rows["input_ids"]), _Ragged(rows["word_index"])
-        self.sentence_id = np.asarray(rows["sentence_id"])
-
-
-class _Ragged:
-    """Lists of ints as one flat array plus offsets, read like nerpipe.data.batching.RaggedColumn."""
-
-    def __init__(self, lists):
-        self.offsets = np.cumsum([0] + [len(row) for row in lists])
-        self.values = np.fromiter((v for row in lists for v in row), dtype=np.int64, count=self.offsets[-1])
-
-    def row(self, i):
-        return self.values[self.offsets[i]:self.offsets[i + 1]]
-
-    def lengths(self):
-        return np.diff(self.offsets)
 
 
 def ready_to_tag(model, tokenizer, source, bf16_setting):

@@ -33,8 +33,8 @@ def log_training(recording, metrics, timings, data, reports, model, params):
 
 
 # What nerpipe/predict/pyfunc_model.py imports where the model is served (nerpipe itself is in the model's code/).
-REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pydantic", "seqeval", "regex", "tqdm",
-                "ruamel.yaml", "mlflow", "peft")
+REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pyarrow", "datasets", "pydantic",
+                "seqeval", "regex", "tqdm", "ruamel.yaml", "mlflow", "peft")
 
 
 def _log_model(model_dir, register_as=""):

@@ -251,7 +251,7 @@ def test_the_path_check_finds_a_missing_file():
 
 # --- results tables ----------------------------------------------------------------------------------
 
-SOURCE = re.compile(r"^Source: .*([0-9a-f]{32}|MLflow run|BENCHMARKS\.md|benchmarks\.md)", re.M)
+SOURCE = re.compile(r"^Source: .*([0-9a-f]{32}|MLflow run|DVC experiment|BENCHMARKS\.md|benchmarks\.md)", re.M)
 
 
 def unsourced_tables(text):

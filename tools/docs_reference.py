@@ -98,6 +98,12 @@ def stages_page():
             out += list(entry) if isinstance(entry, dict) else [entry]
         return out
 
+    lines += ["| stage | script | params | outputs |", "|---|---|---|---|"]
+    for name, stage in dvc["stages"].items():
+        outs = names(stage.get("outs")) + names(stage.get("metrics")) + names(stage.get("plots"))
+        script = next(w for w in stage["cmd"].split() if w.startswith("stages/"))
+        lines.append(f"| [{name}](#{name}) | `{script}` | {', '.join(f'`{p}`' for p in names(stage.get('params'))) or '–'} "
+                     f"| {', '.join(f'`{o}`' for o in outs) or '–'} |")
     for name, stage in dvc["stages"].items():
         cmd = " ".join(stage["cmd"].split())
         outs = names(stage.get("outs")) + names(stage.get("metrics")) + names(stage.get("plots"))

@@ -277,3 +277,8 @@ def test_the_source_check_finds_an_unsourced_table():
     assert unsourced_tables(f"## A\n\n{table}") == ["| | dev F1 |"]
     assert unsourced_tables(f"## A\n\nSource: MLflow run `0aa79684bf6d455a93cbe807b5dab608`.\n\n{table}") == []
     assert unsourced_tables("## A\n\n| stage | script |\n|---|---|\n| train | `stages/train.py` |\n") == []
+
+
+def test_the_readme_is_short():
+    """The README answers what, how and what you get; the rest is on the docs pages."""
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250

@@ -230,7 +230,7 @@ class TrainParams:
     method: str = check("full", one_of(*METHODS))
     """How the model is fine-tuned (the head always trains): full (every weight), top_layers (the top
     `top_layers` encoder layers), head (the head only), bitfit (every bias), lora, adapter or prompt
-    (each with its settings below). See nerpipe/model/methods/ and README "Fine-tuning methods"."""
+    (each with its settings below). See nerpipe/model/methods/ and docs/methods.md."""
     top_layers: int = check(2, at_least(1))
     """train.method top_layers: how many encoder layers, counted from the top, train."""
     lora: LoraParams = field(default_factory=LoraParams)
@@ -267,7 +267,7 @@ class EvaluateParams:
     """Windows per forward pass when predicting."""
     bootstrap_samples: int = check(1000, at_least(MIN_RESAMPLES, " (the interval's 2.5th and 97.5th percentiles "
                                                               "need that many resamples)"))
-    """Resamples of the sentences behind each F1's 95% interval (README "Confidence intervals and significance")."""
+    """Resamples of the sentences behind each F1's 95% interval (docs/experiments.md, "Confidence intervals and significance")."""
     bootstrap_seed: int = 0
     """Seed of those resamples: the same seed and predictions give the same intervals."""
 

@@ -282,3 +282,10 @@ def test_the_source_check_finds_an_unsourced_table():
 def test_the_readme_is_short():
     """The README answers what, how and what you get; the rest is on the docs pages."""
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_code_block_is_closed(page):
+    """An unclosed fence turns the rest of the page into code, and its links and checks silently away."""
+    fences = [line for line in page.read_text(encoding="utf-8").splitlines() if line.lstrip().startswith("```")]
+    assert len(fences) % 2 == 0

@@ -289,3 +289,10 @@ def test_every_code_block_is_closed(page):
     """An unclosed fence turns the rest of the page into code, and its links and checks silently away."""
     fences = [line for line in page.read_text(encoding="utf-8").splitlines() if line.lstrip().startswith("```")]
     assert len(fences) % 2 == 0
+
+
+def test_the_readme_links_to_files_that_exist():
+    """The README is outside the site, so mkdocs does not validate its links: every relative one names a file."""
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text(encoding="utf-8"))
+    relative = [link for link in links if not re.match(r"\w+:", link)]
+    assert len(relative) > 10 and [link for link in relative if not (ROOT / link).exists()] == []

@@ -1,25 +1,37 @@
 # Two commands do all set-up on a fresh machine:
-#   make repro   create .venv, install, run the pipeline (dvc repro)
-#   make test    create .venv, install, run the tests
+#   make repro   create .venv, install the locked environment, run the pipeline (dvc repro)
+#   make test    create .venv, install the locked environment, run the tests
 # Offline: make repro DATA=/path/to/conll2003 MODEL=/path/to/local/model
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-TORCH_VERSION := 2.13.0
+# Every package and version of the environment, with hashes (pip-compile; docs/install.md says why not uv).
+LOCK := requirements.lock
 
-.PHONY: setup repro test bench serve serve-bench gpu-payload lint postgres pr-profile pr-report compare tracking-server tracking-server-stop tracking-user clean
+.PHONY: setup lock docs repro test bench serve serve-bench gpu-payload lint postgres pr-profile pr-report compare tracking-server tracking-server-stop tracking-user clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first and pinned: on these machines 2.13.0 is a CPU wheel; the project's own range is
-# satisfied by it, so no dependency drags in a multi-GB CUDA build.
-$(VENV)/.installed: $(BIN)/activate pyproject.toml
-	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[test,bench,team,serve]'
+# Exactly the lock, nothing resolved at install time: on these machines its torch is the 2.13.0 CPU wheel.
+# Then nerpipe itself, editable, without dependencies (the lock holds them all).
+$(VENV)/.installed: $(BIN)/activate pyproject.toml $(wildcard $(LOCK))
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# Resolve pyproject.toml's ranges (every extra) anew into the lock, with pip's index configuration.
+lock: $(BIN)/activate
+	$(BIN)/pip install -q pip-tools==7.7.0
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --extra test,bench,team,docs,serve \
+	  --output-file $(LOCK) pyproject.toml
+
+# The docs site: the reference pages regenerated from the code, then mkdocs into site/.
+docs: setup
+	$(BIN)/python tools/docs_reference.py
+	$(BIN)/mkdocs build
 
 setup: $(VENV)/.installed
 

@@ -1,4 +1,4 @@
-"""The README's fine-tuning methods table and plots, from the runs recorded in MLflow.
+"""The fine-tuning methods table and plots of docs/results.md, from the runs recorded in MLflow.
 
     .venv/bin/python docs/methods_report.py --tracking-uri sqlite:///path/to/mlflow.db --out docs
 

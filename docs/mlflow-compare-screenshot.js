@@ -2,7 +2,7 @@
 //
 //   npm install --prefix /tmp/pw playwright-core     # once; the browser is Debian's: apt-get install chromium
 //   mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000 &
-//   NODE_PATH=/tmp/pw/node_modules node docs/mlflow-compare-screenshot.js \
+//   NODE_PATH=/path/to/playwright/node_modules node docs/mlflow-compare-screenshot.js \
 //     'http://127.0.0.1:5000/#/compare-runs?runs=["<run id>","<run id>"]&experiments=["<experiment id>"]' \
 //     docs/mlflow-compare.png [param]
 //

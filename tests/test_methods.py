@@ -135,7 +135,7 @@ def test_adapter_is_small_and_holds_what_trained(tiny_model_dir, tmp_path):
 
 
 def test_bad_method_settings_are_named(tiny_model_dir):
-    with pytest.raises(UserError, match="train.method: 'qlora' is not one of full, top_layers"):
+    with pytest.raises(UserError, match="train.method: must be one of full, top_layers, .*, got 'qlora'"):
         parse_params({"train": {"method": "qlora"}, "data": {"source": "/nowhere"}})
     with pytest.raises(UserError, match=r"train.trainable: unknown key; replaced by train.method"):
         parse_params({"train": {"trainable": "top-2"}, "data": {"source": "/nowhere"}})

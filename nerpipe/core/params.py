@@ -9,6 +9,7 @@ import difflib
 import re
 import typing
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -19,6 +20,49 @@ from nerpipe.core.methods import METHODS
 
 SPLITS = ("train", "valid", "test")
 MIN_RESAMPLES = 100  # bootstrap resamples: with fewer, a 95% interval's ends rest on two or three of them
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The values a field takes, declared beside it: `text` for messages and docs/reference/params.md,
+    `ok(value, section)` for validation (the section, for a bound that depends on another field)."""
+    text: str
+    ok: Callable
+    why: str = ""
+
+
+def at_least(lo, why=""):
+    return Allowed(f">= {lo}", lambda v, _: v >= lo, why)
+
+
+def above(lo):
+    return Allowed(f"> {lo}", lambda v, _: v > lo)
+
+
+def between(lo, hi, upper_open=False):
+    if upper_open:
+        return Allowed(f"in [{lo}, {hi})", lambda v, _: lo <= v < hi)
+    return Allowed(f"in [{lo}, {hi}]", lambda v, _: lo <= v <= hi)
+
+
+def one_of(*choices):
+    return Allowed(f"one of {', '.join(choices)}", lambda v, _: v in choices)
+
+
+def check(default, allowed):
+    """A field with a default and the values it allows."""
+    return field(default=default, metadata={"allowed": allowed})
+
+
+def allowed_problems(section, prefix):
+    """One message per field of `section` whose value its declared `Allowed` refuses."""
+    out = []
+    for f in dataclasses.fields(section):
+        allowed, value = f.metadata.get("allowed"), getattr(section, f.name)
+        if allowed and not allowed.ok(value, section):
+            shown = repr(value) if isinstance(value, str) else value
+            out.append(f"{prefix}{f.name}: must be {allowed.text}{allowed.why}, got {shown}")
+    return out
 
 
 @dataclass
@@ -94,42 +138,32 @@ class ModelParams:
 
 @dataclass
 class PrepareParams:
-    max_length: int = 128
+    max_length: int = check(128, between(8, 8192))
     """Sub-tokens per model input, special tokens included; longer sentences become windows."""
-    window_overlap: int = 32
+    window_overlap: int = check(32, Allowed("in [0, max_length/2]", lambda v, s: 0 <= v <= s.max_length // 2))
     """Sub-tokens of context two neighbouring windows of one long sentence share."""
     label_all_tokens: bool = False
     """Label later sub-tokens of a word with its I- label instead of -100 (run_ner.py's flag)."""
-    max_train_sentences: int = 0
+    max_train_sentences: int = check(0, at_least(0))
     """Use only the first N training sentences (0: all); for quick profiles."""
-    context: int = 0
+    context: int = check(0, at_least(0))
     """Document context: sub-tokens of the neighbouring sentences of the same document put before and after
     each sentence (labelled -100, never scored): up to this many on each side, as far as max_length leaves
     room after the sentence (0: sentence-level). A file without -DOCSTART- lines is one document."""
 
     def problems(self):
-        out = []
-        if not 8 <= self.max_length <= 8192:
-            out.append(f"prepare.max_length: {self.max_length} is out of range 8..8192")
-        if not 0 <= self.window_overlap <= self.max_length // 2:
-            out.append(f"prepare.window_overlap: {self.window_overlap} must be in 0..max_length/2 "
-                       f"({self.max_length // 2})")
-        if self.context < 0:
-            out.append(f"prepare.context: must be >= 0 (0 is sentence-level), got {self.context}")
-        if self.max_train_sentences < 0:
-            out.append("prepare.max_train_sentences: must be >= 0 (0 means all)")
-        return out
+        return allowed_problems(self, "prepare.")
 
 
 @dataclass
 class LoraParams:
     """train.method lora (peft)."""
 
-    r: int = 8
+    r: int = check(8, at_least(1))
     """Rank of each update B·A."""
-    alpha: int = 16
+    alpha: int = check(16, at_least(1))
     """Scaling: the update is multiplied by alpha / r."""
-    dropout: float = 0.1
+    dropout: float = check(0.1, between(0, 1, upper_open=True))
     """Dropout on the LoRA branch's input."""
     target_modules: str = "auto"
     """'auto': peft's defaults for the model type (query and value for BERT-family models; where peft has
@@ -137,9 +171,7 @@ class LoraParams:
     names, comma-separated, each matching every module whose name ends with it (e.g. query,key,value,dense)."""
 
     def problems(self):
-        out = [f"train.lora.{k}: must be >= 1, got {getattr(self, k)}" for k in ("r", "alpha") if getattr(self, k) < 1]
-        if not 0 <= self.dropout < 1:
-            out.append(f"train.lora.dropout: must be in [0, 1), got {self.dropout}")
+        out = allowed_problems(self, "train.lora.")
         if not self.target_modules.strip(" ,"):
             out.append("train.lora.target_modules: must be 'auto' or module names, e.g. query,value")
         return out
@@ -149,7 +181,7 @@ class LoraParams:
 class AdapterParams:
     """train.method adapter (bottleneck adapters, nerpipe/model/methods/bottleneck.py)."""
 
-    size: int = 64
+    size: int = check(64, at_least(1))
     """Bottleneck width of each adapter."""
     target_modules: str = "auto"
     """'auto': each layer's attention output projection and feed-forward output, Houlsby et al.'s two
@@ -158,7 +190,7 @@ class AdapterParams:
     comma-separated (e.g. output.dense)."""
 
     def problems(self):
-        out = [] if self.size >= 1 else [f"train.adapter.size: must be >= 1, got {self.size}"]
+        out = allowed_problems(self, "train.adapter.")
         if not self.target_modules.strip(" ,"):
             out.append("train.adapter.target_modules: must be 'auto' or name linear layers, e.g. output.dense")
         return out
@@ -168,102 +200,79 @@ class AdapterParams:
 class PromptParams:
     """train.method prompt (peft prompt tuning)."""
 
-    virtual_tokens: int = 20
+    virtual_tokens: int = check(20, at_least(1))
     """Trainable prompt embeddings put before every input (they take positions: max_length + this must fit)."""
 
     def problems(self):
-        v = self.virtual_tokens
-        return [] if v >= 1 else [f"train.prompt.virtual_tokens: must be >= 1, got {v}"]
-
-
+        return allowed_problems(self, "train.prompt.")
 
 
 @dataclass
 class TrainParams:
-    epochs: int = 3
+    epochs: int = check(3, at_least(1))
     """Passes over the training data (an upper bound when max_steps or early stopping ends first)."""
-    max_steps: int = 0
+    max_steps: int = check(0, at_least(0))
     """Stop after this many optimizer steps (0: no limit)."""
-    batch_size: int = 32
+    batch_size: int = check(32, at_least(1))
     """Sentences (windows) per forward pass."""
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = check(1, at_least(1))
     """Forward passes per optimizer step."""
-    weight_decay: float = 0.01
+    weight_decay: float = check(0.01, at_least(0))
     """AdamW weight decay, not applied to biases and LayerNorm weights."""
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = check(0.1, between(0, 1))
     """Fraction of optimizer steps with linear warmup; then linear decay to 0."""
-    dropout: float = 0.1
+    dropout: float = check(0.1, between(0, 1, upper_open=True))
     """Hidden and attention dropout of the encoder and the classifier."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = check(1.0, at_least(0))
     """Gradient clipping norm (0: no clipping)."""
-    seed: int = 42
+    seed: int = check(42, at_least(0))
     """Seeds the head initialisation, dropout and data order."""
-    method: str = "full"
+    method: str = check("full", one_of(*METHODS))
     """How the model is fine-tuned (the head always trains): full (every weight), top_layers (the top
     `top_layers` encoder layers), head (the head only), bitfit (every bias), lora, adapter or prompt
-    (each with its settings below). See nerpipe/model/methods/ and README "Fine-tuning methods"."""
-    top_layers: int = 2
+    (each with its settings below). See nerpipe/model/methods/ and docs/methods.md."""
+    top_layers: int = check(2, at_least(1))
     """train.method top_layers: how many encoder layers, counted from the top, train."""
     lora: LoraParams = field(default_factory=LoraParams)
     adapter: AdapterParams = field(default_factory=AdapterParams)
     prompt: PromptParams = field(default_factory=PromptParams)
-    eval_every_steps: int = 0
+    eval_every_steps: int = check(0, at_least(0))
     """Evaluate dev F1 every N optimizer steps (0: once per epoch)."""
-    patience: int = 2
+    patience: int = check(2, at_least(0))
     """Stop after this many evaluations without a better dev F1 (0: never stop early). Evaluations
     made during the warm-up (train.warmup_ratio) do not count."""
-    checkpoint_every: int = 200
+    checkpoint_every: int = check(200, at_least(0))
     """Write a resumable checkpoint every N optimizer steps, and one at the end, kept until the stage's
     outputs and MLflow logging are done (0: never, except on Ctrl-C)."""
-    bf16: str = "auto"
+    bf16: str = check("auto", one_of("auto", "on", "off"))
     """The precision of training and evaluation: 'auto', 'on' or 'off'. 'on' trains under bf16
     autocast and, on a GPU, lets the matmuls autocast keeps in fp32 use TF32; 'off' is strict IEEE
     fp32 everywhere (no TF32), the numbers of a plain fp32 transformers run. 'auto' is 'on' where
     bf16 is native -- a GPU of compute capability 8.0 or later (Ampere on; not T4 or V100), a CPU
     with avx512_bf16 or AMX -- and 'off' elsewhere."""
-    processes: int = 1
+    processes: int = check(1, at_least(1))
     """Training processes working on each optimizer step (torch.distributed, DDP: one GPU each on
     CUDA, gloo on CPU). N > 1 runs the train stage under `torchrun --standalone --nproc-per-node N`;
     under a torchrun started by hand (several machines) it must equal the processes started in all.
     The global batch, the number of steps and the learning-rate schedule do not depend on it."""
 
     def problems(self):
-        out = []
-        positive = ("epochs", "batch_size", "grad_accum_steps", "processes")
-        out += [f"train.{k}: must be >= 1, got {getattr(self, k)}" for k in positive if getattr(self, k) < 1]
-        non_negative = ("max_steps", "weight_decay", "warmup_ratio", "max_grad_norm", "eval_every_steps",
-                        "patience", "checkpoint_every", "seed")
-        out += [f"train.{k}: must be >= 0, got {getattr(self, k)}" for k in non_negative if getattr(self, k) < 0]
-        if not 0 <= self.dropout < 1:
-            out.append(f"train.dropout: must be in [0, 1), got {self.dropout}")
-        if self.warmup_ratio > 1:
-            out.append(f"train.warmup_ratio: must be in [0, 1], got {self.warmup_ratio}")
-        if self.method not in METHODS:
-            out.append(f"train.method: {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.top_layers < 1:
-            out.append(f"train.top_layers: must be >= 1, got {self.top_layers}")
-        out += self.lora.problems() + self.adapter.problems() + self.prompt.problems()
-        if self.bf16 not in ("auto", "on", "off"):
-            out.append(f"train.bf16: {self.bf16!r} is not 'auto', 'on' or 'off'")
-        return out
+        return allowed_problems(self, "train.") + self.lora.problems() + self.adapter.problems() + self.prompt.problems()
 
 
 
 @dataclass
 class EvaluateParams:
-    batch_size: int = 64
+    batch_size: int = check(64, at_least(1))
     """Windows per forward pass when predicting."""
-    bootstrap_samples: int = 1000
-    """Resamples of the sentences behind each F1's 95% interval (README "Confidence intervals and significance")."""
+    bootstrap_samples: int = check(1000, at_least(MIN_RESAMPLES, " (the interval's 2.5th and 97.5th percentiles "
+                                                              "need that many resamples)"))
+    """Resamples of the sentences behind each F1's 95% interval (docs/experiments.md, "Confidence intervals and significance")."""
     bootstrap_seed: int = 0
     """Seed of those resamples: the same seed and predictions give the same intervals."""
 
     def problems(self):
-        out = [] if self.batch_size >= 1 else [f"evaluate.batch_size: must be >= 1, got {self.batch_size}"]
-        if self.bootstrap_samples < MIN_RESAMPLES:
-            out.append(f"evaluate.bootstrap_samples: must be >= {MIN_RESAMPLES} (the interval's 2.5th and 97.5th "
-                       f"percentiles need that many resamples), got {self.bootstrap_samples}; 1000 is usual")
-        return out
+        return allowed_problems(self, "evaluate.")
 
 
 @dataclass
@@ -279,7 +288,7 @@ class MlflowParams:
 
 @dataclass
 class Params:
-    lr: float = 5e-5
+    lr: float = check(5e-5, above(0))
     """Peak AdamW learning rate (top level so `dvc exp run -S lr=3e-5` works as written)."""
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -289,9 +298,9 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
     def problems(self):
-        out = [] if self.lr > 0 else [f"lr: must be > 0, got {self.lr}"]
+        out = allowed_problems(self, "")
         for f in dataclasses.fields(self):
-            if f.name != "lr":
+            if dataclasses.is_dataclass(getattr(self, f.name)):
                 out += getattr(self, f.name).problems()
         return out
 

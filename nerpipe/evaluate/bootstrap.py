@@ -5,7 +5,7 @@ entity type (seqeval's own entity extraction, in either mode of nerpipe.evaluate
 (sentences, types, 3) count array. A resample draws the sentences with replacement: a vector of how
 often each sentence is drawn, so the counts of all resamples are one matrix product, and their F1s
 follow with numpy. 1,000 resamples of CoNLL-2003 test (3,453 sentences) take well under a second
-(README "Confidence intervals and significance").
+(docs/experiments.md, "Confidence intervals and significance").
 
 The interval is the percentile interval (2.5th and 97.5th percentile of the resampled F1s). A resample
 with neither a gold nor a predicted entity of a type has no F1 for that type (seqeval would say 0):

@@ -9,7 +9,7 @@ split is dev or test; mode is conlleval or strict (nerpipe.evaluate.scoring); sc
 recall, f1, f1_ci_low, f1_ci_high, support, per_type: {entity type: {the same but per_type}}}, the
 interval only after fine-tuning. A value's name is its path without `per_type`: test.strict.f1,
 test.strict.PER.f1, test.conlleval.f1_ci_low, before_finetuning.dev.conlleval.f1, plus
-dev.token_accuracy (README "MLflow" lists them). Wall times are not in these files, which are DVC
+dev.token_accuracy (docs/mlflow.md lists them). Wall times are not in these files, which are DVC
 outputs and hold the same bytes for the same inputs: they go to reports/timings/ (see dvc.yaml).
 
 Entity types are the per_type keys the files hold, never a fixed list. Every table and plot lists

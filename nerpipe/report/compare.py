@@ -15,8 +15,8 @@ predictions of different splits cannot be paired, and are refused.
 The test resamples the sentences of the split 1,000 times (--resamples, seeded by --seed) and applies
 the same resample to both runs (nerpipe.evaluate.bootstrap): Δ = F1(B) - F1(A), the percentile
 interval of the resampled Δ, and the two-sided p-value of Berg-Kirkpatrick et al.'s shift test. Seed
-groups read params.yaml and reports/eval/metrics.json at each revision (README "Confidence intervals
-and significance").
+groups read params.yaml and reports/eval/metrics.json at each revision (docs/experiments.md,
+"Confidence intervals and significance").
 """
 
 import json

@@ -1,4 +1,4 @@
-"""The training's metrics on their way to a tracking server that may be away (README "MLflow").
+"""The training's metrics on their way to a tracking server that may be away (docs/mlflow.md).
 
 A tracking server that goes away once a run has started (a shared server restarts) does not stop
 training: the metrics are held, with one warning, and sent as soon as the server answers again. Every

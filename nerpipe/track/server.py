@@ -1,5 +1,5 @@
 """Talking to an MLflow tracking server that may be away: a reachability check that fails in seconds,
-short HTTP retries, and waiting for a server that restarts (README "MLflow" has the design).
+short HTTP retries, and waiting for a server that restarts (docs/mlflow.md has the design).
 
 MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) keep one call retrying a refused
 connection for about four minutes. Here a call only rides out a blip (HTTP_SETTINGS: retries after 0

@@ -1,4 +1,4 @@
-"""Where MLflow runs go, and the lock every write to that store passes (README "MLflow" has the design).
+"""Where MLflow runs go, and the lock every write to that store passes (docs/mlflow.md has the design).
 
 MLFLOW_TRACKING_URI if set, checked before a stage does any work so that an unreachable server fails it
 within seconds; else mlflow.db at the repository root, by absolute path, with artifacts in mlartifacts/

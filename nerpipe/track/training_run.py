@@ -1,4 +1,4 @@
-"""The life of a training's MLflow run: one training result is one MLflow run (README "MLflow").
+"""The life of a training's MLflow run: one training result is one MLflow run (docs/mlflow.md).
 
 The train stage creates the run and writes its id to reports/train/run.json, a small DVC output;
 evaluate and report depend on that file and resume the run, so a later `dvc repro` that re-runs only

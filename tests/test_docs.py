@@ -254,13 +254,18 @@ def test_the_path_check_finds_a_missing_file():
 SOURCE = re.compile(r"^Source: .*([0-9a-f]{32}|MLflow run|DVC experiment|BENCHMARKS\.md|benchmarks\.md)", re.M)
 
 
+def _measured(cell):
+    """A decimal such as 82.14 or +0.31; not an address or a version such as 127.0.0.1 or 2.60.0."""
+    return bool(re.match(r"[-+±]?\d[\d,]*\.\d", cell)) and not re.match(r"\d+\.\d+\.\d", cell)
+
+
 def unsourced_tables(text):
     """First rows of the tables holding measured numbers (a decimal) in a section with no `Source:` line
     naming the MLflow run or the benchmark they came from."""
     out = []
     for section in re.split(r"^#+ .*$", text, flags=re.M):
         tables = re.findall(r"((?:^\|.*\|\n)+)", section, re.M)
-        measured = [t for t in tables if any(re.match(r"[-+±]?\d[\d,]*\.\d", cell.strip(" *`"))
+        measured = [t for t in tables if any(_measured(cell.strip(" *`"))
                                              for row in t.splitlines()[2:] for cell in row.split("|"))]
         if measured and not SOURCE.search(section):
             out += [t.splitlines()[0] for t in measured]
@@ -277,6 +282,7 @@ def test_the_source_check_finds_an_unsourced_table():
     assert unsourced_tables(f"## A\n\n{table}") == ["| | dev F1 |"]
     assert unsourced_tables(f"## A\n\nSource: MLflow run `0aa79684bf6d455a93cbe807b5dab608`.\n\n{table}") == []
     assert unsourced_tables("## A\n\n| stage | script |\n|---|---|\n| train | `stages/train.py` |\n") == []
+    assert unsourced_tables("## A\n\n| flag | default |\n|---|---|\n| `--host` | 127.0.0.1 |\n") == []
 
 
 def test_the_readme_is_short():

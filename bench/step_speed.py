@@ -47,7 +47,7 @@ WIDTHS = (32, 64, 128)
 class Variant:
     """One way of stepping: its own model and optimizer, and the steps it will be fed."""
 
-    def __init__(self, name, model_dir, labels, train, pad_id, device, bf16, widths):
+    def __init__(self, name, model_dir, labels, train, pad_id, device, bf16, widths, graphs_backend="inductor"):
         self.name, self.train, self.pad_id, self.device, self.bf16 = name, train, pad_id, device, bf16
         self.lengths = train.input_ids.lengths()
         self.model = load_for_training(model_dir, labels, 0.1, 42).to(device).train()
@@ -57,7 +57,8 @@ class Variant:
         self.forward = self.model
         if name == "graphs":
             on_gpu = device.type == "cuda"
-            self.forward = torch.compile(self.model, mode="reduce-overhead" if on_gpu else None, dynamic=False)
+            self.forward = torch.compile(self.model, mode="reduce-overhead" if on_gpu else None, dynamic=False,
+                                         backend=graphs_backend)
         elif name == "regional":
             from nerpipe.model.fused import compile_residual_blocks
 
@@ -137,7 +138,7 @@ def measure(variants, groups, warmup, blocks, block_steps, device):
 
 
 def run(model_dir, data_dir, variants, device="cpu", train_sentences=3000, batch_size=32, warmup=20, blocks=4,
-        block_steps=20, widths=WIDTHS, bf16="auto"):
+        block_steps=20, widths=WIDTHS, bf16="auto", graphs_backend="inductor"):
     from bench.data import load_data
 
     device = torch.device(device)
@@ -153,7 +154,7 @@ def run(model_dir, data_dir, variants, device="cpu", train_sentences=3000, batch
                          "needed: more --train-sentences or fewer steps")
     on = use_bf16(bf16, device)
     set_tf32(device, on)
-    built = [Variant(name, model_dir, data.labels, train, tokenizer.pad_token_id, device, on, widths)
+    built = [Variant(name, model_dir, data.labels, train, tokenizer.pad_token_id, device, on, widths, graphs_backend)
              for name in variants]
     result = measure(built, groups, warmup, blocks, block_steps, device)
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "bf16": on,
@@ -184,11 +185,13 @@ def main(argv=None):
     parser.add_argument("--block-steps", type=int, default=20)
     parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--graphs-backend", default="inductor",
+                        help="torch.compile backend of `graphs` (eager: only the plumbing, for a CPU smoke run)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     report = run(inputs.model_dir(args.model), str(inputs.data_dir(args.data)), args.variants, args.device,
                  args.train_sentences, args.batch_size, args.warmup, args.blocks, args.block_steps, args.widths,
-                 args.bf16)
+                 args.bf16, args.graphs_backend)
     print(table(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -131,7 +131,7 @@ def build_optimizer(model, lr, weight_decay):
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel exists for CPU too since torch 2.4: one MiniLM step takes 16 ms fused vs
-    # ~90 ms foreach on the 2-core CPU here (bench/optimizer_step.py).
+    # ~90 ms foreach on the 2-core CPU here (BENCHMARKS.md "Levers tried").
     return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 

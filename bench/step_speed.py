@@ -12,7 +12,7 @@ Variants (each its own copy of the model and its own fused AdamW, all on the sam
   graphs     static, the model under torch.compile(mode="reduce-overhead"): CUDA graphs replayed per
              width on a GPU (on a CPU there are no CUDA graphs; it is then inductor's code)
   regional   pipelined, with torch.compile of each encoder layer's dropout + residual + LayerNorm only
-             (nerpipe.model.fused; on a CPU dropout's random numbers are drawn inside inductor's kernel)
+             (below; on a CPU dropout's random numbers are drawn inside inductor's kernel)
   layers     pipelined, each encoder layer under torch.compile(dynamic=True) (attention's dropout too)
 
 Every variant first runs --warmup steps (for the compiled ones, their compilation: `first_pass_seconds`
@@ -29,6 +29,7 @@ import argparse
 import json
 import statistics
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -39,6 +40,54 @@ from nerpipe.data.prepared import WindowedExamples
 from nerpipe.model.device import pad_multiple, set_tf32, use_bf16
 from nerpipe.model.loading import load_for_training, load_tokenizer
 from nerpipe.train.loop import build_optimizer, collate_step, run_step, step_loader, synchronize
+
+# --- regional compilation (measured on the CPU, not kept: BENCHMARKS.md "Levers tried") -------------------
+# Where dropout, the residual add and LayerNorm meet (each layer's attention output and feed-forward
+# output), or whole encoder layers. Eager PyTorch draws dropout's mask with `aten::bernoulli_` (slow on
+# CPU, pytorch#138199); inductor draws the random numbers inside its fused kernel. Dynamic shapes: one
+# compilation serves every batch width.
+
+def _dropout_add_norm(hidden, residual, weight, bias, eps, p, training):
+    hidden = torch.nn.functional.dropout(hidden, p, training)
+    return torch.nn.functional.layer_norm(hidden + residual, (hidden.shape[-1],), weight, bias, eps)
+
+
+_compiled_dropout_add_norm = torch.compile(_dropout_add_norm, dynamic=True)
+
+
+def _residual_forward(self, hidden_states, input_tensor):
+    # (batch, seq_len, hidden): the matmul stays eager (oneDNN), the rest is one compiled kernel
+    return _compiled_dropout_add_norm(self.dense(hidden_states), input_tensor, self.LayerNorm.weight,
+                                      self.LayerNorm.bias, self.LayerNorm.eps, self.dropout.p, self.training)
+
+
+def residual_blocks(model):
+    """The modules computing LayerNorm(dropout(dense(x)) + residual): BertSelfOutput and BertOutput, and
+    their copies in RoBERTa, XLM-R, ELECTRA."""
+    return [m for m in model.modules()
+            if isinstance(getattr(m, "dense", None), torch.nn.Linear)
+            and isinstance(getattr(m, "dropout", None), torch.nn.Dropout)
+            and isinstance(getattr(m, "LayerNorm", None), torch.nn.LayerNorm)
+            and "input_tensor" in m.forward.__code__.co_varnames]
+
+
+def compile_residual_blocks(model):
+    """Route every residual block's dropout + add + LayerNorm through one compiled function; how many."""
+    blocks = residual_blocks(model)
+    for m in blocks:
+        m.forward = types.MethodType(_residual_forward, m)
+    return len(blocks)
+
+
+def compile_layers(model):
+    """torch.compile each encoder layer (dynamic shapes): attention's dropout is compiled too; how many."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and m
+              and type(m[0]).__name__.endswith("Layer")]
+    for layer_list in layers:
+        for layer in layer_list:
+            layer.compile(dynamic=True)
+    return sum(len(x) for x in layers)
+
 
 VARIANTS = ("waiting", "pipelined", "static", "graphs", "regional", "layers")
 WIDTHS = (32, 64, 128)
@@ -60,12 +109,8 @@ class Variant:
             self.forward = torch.compile(self.model, mode="reduce-overhead" if on_gpu else None, dynamic=False,
                                          backend=graphs_backend)
         elif name == "regional":
-            from nerpipe.model.fused import compile_residual_blocks
-
             compile_residual_blocks(self.model)
         elif name == "layers":
-            from nerpipe.model.fused import compile_layers
-
             compile_layers(self.model)
 
     def feed(self, groups):
@@ -185,10 +230,13 @@ def main(argv=None):
     parser.add_argument("--block-steps", type=int, default=20)
     parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--graphs-backend", default="inductor",
                         help="torch.compile backend of `graphs` (eager: only the plumbing, for a CPU smoke run)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = run(inputs.model_dir(args.model), str(inputs.data_dir(args.data)), args.variants, args.device,
                  args.train_sentences, args.batch_size, args.warmup, args.blocks, args.block_steps, args.widths,
                  args.bf16, args.graphs_backend)

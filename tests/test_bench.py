@@ -250,3 +250,37 @@ def test_the_report_gives_time_to_accuracy_and_its_ratio(results, tmp_path):
     assert "- time to target, hf-group (fp32) / nerpipe (fp32): **1.50x** (30.0 s vs 20.0 s)" in md
     row = next(line for line in md.splitlines() if line.startswith("| nerpipe | fp32 | 0 | 50.00 |"))
     assert row.split(" | ")[4:8] == ["4", "20.0", f"{runs[1]['dev_eval_seconds_in_training']:,.1f}", "2"]
+
+
+# --- bench.step_speed --------------------------------------------------------------------------------------
+
+def test_step_speed_runs_each_variant_on_the_same_batches(tiny_model_dir, fixture_dir):
+    from bench import step_speed
+
+    report = step_speed.run(str(tiny_model_dir), str(fixture_dir), ["waiting", "pipelined", "static", "regional"],
+                            train_sentences=0, batch_size=2, warmup=1, blocks=2, block_steps=2, widths=(16, 64))
+    rows = report["variants"]
+    assert list(rows) == ["waiting", "pipelined", "static", "regional"]
+    for row in rows.values():
+        assert len(row["block_seconds"]) == 2 and all(s > 0 for s in row["block_seconds"])
+        assert row["first_pass_seconds"] > 0 and row["ms_per_step"] > 0
+    # the same batches: the same padding unless padded to the static widths, which pad more, to 2 widths at most
+    assert rows["waiting"]["padding_fraction"] == rows["pipelined"]["padding_fraction"] == rows["regional"]["padding_fraction"]
+    assert rows["static"]["padding_fraction"] > rows["pipelined"]["padding_fraction"]
+    assert rows["static"]["distinct_widths"] <= 2 < rows["pipelined"]["distinct_widths"]
+
+
+def test_regional_compilation_routes_every_residual_block_and_computes_the_same(tiny_model_dir):
+    import torch
+
+    from bench.step_speed import compile_residual_blocks
+    from nerpipe.model.loading import load_for_training
+    from tests.conftest import CONLL_LABELS
+
+    eager = load_for_training(str(tiny_model_dir), CONLL_LABELS, 0.1, 42).eval()
+    compiled = load_for_training(str(tiny_model_dir), CONLL_LABELS, 0.1, 42).eval()
+    assert compile_residual_blocks(compiled) == 2 * compiled.config.num_hidden_layers  # attention and feed-forward
+    ids = torch.randint(5, 90, (3, 9))
+    with torch.no_grad():
+        want, got = (m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits for m in (eager, compiled))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -78,3 +78,22 @@ def test_fit_computes_exactly_what_the_plain_synchronous_loop_computed(tiny_mode
     assert differ == [], f"{len(differ)} tensors differ from the plain loop's, e.g. {differ[:3]}"
     # the loss of every step, logged one step at a time, is the plain loop's (float64 sums of the same terms)
     assert [row["loss"] for row in state.history] == [round(x, 6) for x in losses]
+
+
+def test_static_widths_feed_the_model_only_those_widths(tiny_model_dir, prepared, tmp_path):
+    cfg = TrainParams(epochs=1, batch_size=2, warmup_ratio=0.0, patience=0, checkpoint_every=0, bf16="off",
+                      static_widths=[12, 24])
+    train, dev = PreparedSplit(prepared, "train"), PreparedSplit(prepared, "valid")
+    lengths = train.examples.input_ids.lengths()
+    assert lengths.max() <= 24 and len(set(lengths.tolist())) > 2  # the fixtures' windows: many lengths, max_length 24
+    model = load_for_training(str(tiny_model_dir), CONLL_LABELS, cfg.dropout, cfg.seed)
+    widths = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                    with_kwargs=True)
+    devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, 8)
+    state = fit(model, train.examples, RunContext(cfg, LR, 0, CPU, False, Checkpoints(tmp_path, "t"),
+                                                  dev_scorer(devset, 0, CPU, False)))
+    trained = widths[:state.step]  # then dev evaluation, which pads to its own widths
+    assert len(trained) == 6 and set(trained) <= {12, 24}
+    batches = length_grouped_batches(lengths, 2, cfg.seed, 0)
+    assert trained == [12 if lengths[b].max() <= 12 else 24 for b in batches]

@@ -85,7 +85,8 @@ class TrainResult:
         """The fields plus the speeds derived from them (what the table and the ratios read)."""
         seconds = self.train_seconds
         return {**dataclasses.asdict(self), "f1": self.f1,
-                "train_sentences_per_second": round(self.train_sentences * self.config["epochs"] / seconds, 2),
+                # the sentences of the rows fed: all epochs', or fewer where a run stopped at its target
+                "train_sentences_per_second": round(self.train_sentences * self.fed["rows"] / self.train_rows / seconds, 2),
                 "train_rows_per_second": round(self.fed["rows"] / seconds, 2),
                 "train_subtokens_per_second": round(self.fed["tokens"] / seconds, 1),
                 "train_padded_tokens_per_second": round(self.fed["padded_tokens"] / seconds, 1),

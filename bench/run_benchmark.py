@@ -170,8 +170,11 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     lengths = train.input_ids.lengths()
     # the width fit's collate pads each batch to (a multiple of 8 on CUDA, within the model's positions)
     multiple, limit = pad_multiple(device), getattr(model.config, "max_position_embeddings", None)
-    padded = sum(padded_width(int(lengths[b].max()), multiple, limit) * len(b) for epoch in range(state.epoch)
-                 for b in length_grouped_batches(lengths, batch_size, seed, epoch))
+    # the batches fed: one per optimizer step (no gradient accumulation here), epoch after epoch, the last
+    # epoch cut where a run stopped at its target
+    fed_batches = [b for epoch in range(state.epoch + 1)
+                   for b in length_grouped_batches(lengths, batch_size, seed, epoch)][:state.step]
+    padded = sum(padded_width(int(lengths[b].max()), multiple, limit) * len(b) for b in fed_batches)
     dev_evals = [{**row, "seconds": round(seconds, 3)} for row, seconds in zip(state.dev_evals, ended)]
     time_to_target, target_step = reached_target(dev_evals, target_f1)
     logged_steps = [row["step"] for row in state.history]

@@ -1,8 +1,9 @@
 """The prepared GPU check: nerpipe's whole GPU path in one command, about 8 minutes on one GPU, no network.
 
-    bench/gpu_check.sh [--out DIR] [--steps 1 2 3 4]      # on the GPU machine; writes to $OUT if set
+    bench/gpu_check.sh [--out DIR] [--steps 1 2 3 4 5]    # on the GPU machine; writes to $OUT if set
 
-In order; each step is timed and recorded even when an earlier one failed:
+In the order 1, 5, 2, 3, 4 (--steps picks others); each step is timed and recorded even when an earlier one
+failed:
   1. tests: tests/test_cuda.py with NERPIPE_TEST_CUDA=1 (the `cuda` tests: precision rules, strict-fp32
      prediction, fit resumed after a crash and the tiny `dvc repro` killed and resumed -- both compared
      with uninterrupted runs, how close recorded --, a GPU checkpoint read where no GPU is visible), then
@@ -15,6 +16,11 @@ In order; each step is timed and recorded even when an earlier one failed:
      (BertConfig's defaults, vocabulary 28,996) on the CoNLL rows, through nerpipe's own train_step:
      a fixed number of steps after a warmup, extrapolated to 3 epochs, compared with the GPU's measured
      bf16 matmul rate. Its loss and F1 mean nothing.
+  5. step overhead: `bench.step_speed` on the same MiniLM batches in alternating blocks: the step as it
+     was (collated when needed, unpinned copies, loss read and GPU synchronized every step) against fit's
+     (collated ahead by a worker, pinned, asynchronous copies, nothing read back), and batches padded to
+     static widths (train.static_widths) eager against CUDA graphs (torch.compile mode="reduce-overhead"),
+     the graphs' compilation counted apart. `--steps 5` runs it alone.
 
 Writes gpu_check.json and gpu_check.md, and each step's log, to --out ($OUT when set, else
 bench/results/gpu_check), after every step. Exit status 0 when every step passed, 1 when one failed or
@@ -57,8 +63,8 @@ PACKAGES = {"torch": "torch (a CUDA build)", "numpy": "numpy", "transformers": "
             "mlflow": "mlflow>=3,<4",
             "pandas": "pandas", "matplotlib": "matplotlib", "tqdm": "tqdm", "ruamel.yaml": "ruamel.yaml",
             "regex": "regex", "pytest": "pytest"}
-STEPS = {1: "tests", 2: "pipeline", 3: "benchmark", 4: "bert-base proxy"}
-TIMEOUTS = {1: 270, 2: 240, 3: 270, 4: 150}  # seconds; each is also cut to what the deadline leaves
+STEPS = {1: "tests", 2: "pipeline", 3: "benchmark", 4: "bert-base proxy", 5: "step overhead"}
+TIMEOUTS = {1: 270, 2: 240, 3: 270, 4: 150, 5: 240}  # seconds; each is also cut to what the deadline leaves
 BERT_BASE_CASED_VOCAB = 28996
 
 
@@ -405,6 +411,27 @@ def step_proxy(check, timeout):
             "peak_gpu_mib": gpu.peak_memory_mib(device), "last_loss": round(float(loss), 4)}
 
 
+# --- 5. a step that never waits; static widths, eager against CUDA graphs ---------------------------------
+
+def step_overhead(check, timeout):
+    out = check.out / "step_speed.json"
+    cmd = [sys.executable, "-m", "bench.step_speed", "--data", check.data(), "--model", check.fp32_model(),
+           "--variants", "waiting", "pipelined", "static", "graphs", "--out", out]
+    cmd += ["--device", "cpu", "--train-sentences", "300", "--warmup", "1", "--blocks", "2", "--block-steps", "1",
+            "--graphs-backend", "eager"] if check.smoke else \
+        ["--device", "cuda", "--train-sentences", "8000", "--warmup", "30", "--blocks", "4", "--block-steps", "50"]
+    rc, lines = run_logged(cmd, check.out / "step5_step_overhead.log", check.env(TQDM_DISABLE="1"), REPO, timeout)
+    if rc != 0 or not out.is_file():
+        return {"status": "failed", "returncode": rc, "error": "\n".join(line for _, line in lines[-15:])}
+    from bench.step_speed import table
+
+    report = json.loads(out.read_text())
+    variants = report["variants"]
+    return {"status": "passed", "report": report, "table_md": table(report),
+            "pipelined_over_waiting": round(variants["waiting"]["ms_per_step"] / variants["pipelined"]["ms_per_step"], 3),
+            "graphs_over_static_eager": round(variants["static"]["ms_per_step"] / variants["graphs"]["ms_per_step"], 3)}
+
+
 # --- the summary ------------------------------------------------------------------------------------------
 
 def markdown(report):
@@ -443,6 +470,11 @@ def markdown(report):
                        f"- F1 before fine-tuning (conlleval): {step['f1_before_finetuning']}"]
         elif name.endswith("benchmark") and "table_md" in step:
             md += [step["table_md"]]
+        elif name.endswith("overhead") and "table_md" in step:
+            md += [step["table_md"], "",
+                   f"- speed-up of fit's step over the waiting one: {step['pipelined_over_waiting']}x",
+                   f"- speed-up of CUDA graphs over eager, both at static widths: {step['graphs_over_static_eager']}x "
+                   "(graph capture and compilation in `first pass s`)"]
         elif name.endswith("proxy") and "seconds_per_step" in step:
             md += [f"- {k}: {v}" for k, v in step.items() if k not in ("status", "seconds")]
             md += ["- the 3-epoch time is extrapolated from the measured steps (after the warmup), by steps and "
@@ -467,7 +499,9 @@ def environment(smoke):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "bench/results/gpu_check"))
-    parser.add_argument("--steps", type=int, nargs="+", choices=sorted(STEPS), default=sorted(STEPS))
+    # step 5 second: it is short, and what it measures has never run on a GPU
+    parser.add_argument("--steps", type=int, nargs="+", choices=sorted(STEPS), default=[1, 5, 2, 3, 4],
+                        help="which steps, in this order (default: %(default)s)")
     parser.add_argument("--deadline", type=float, default=570,
                         help="seconds for the whole check: a step that would not fit is left out (default %(default)s)")
     parser.add_argument("--proxy-steps", type=int, default=300, help="measured bert-base steps (default %(default)s)")
@@ -481,7 +515,7 @@ def main(argv=None):
     check.report["environment"] = environment(args.cpu_smoke)
     where = "a CPU smoke run" if args.cpu_smoke else check.report["environment"]["gpu"]["name"]
     print(f"gpu_check: payload verified, packages present, {where}; results in {check.out}", flush=True)
-    steps = {1: step_tests, 2: step_pipeline, 3: step_benchmark, 4: step_proxy}
+    steps = {1: step_tests, 2: step_pipeline, 3: step_benchmark, 4: step_proxy, 5: step_overhead}
     try:
         for number in args.steps:
             check.run(number, steps[number])

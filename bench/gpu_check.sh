@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check (bench/gpu_check.py has the details): on a machine with one CUDA GPU, no network.
 #
-#   bench/gpu_check.sh [--out DIR] [--steps 1 2 3 4]
+#   bench/gpu_check.sh [--out DIR] [--steps 1 2 3 4 5]
 #
 # Needs gpu_payload/ beside this tree (`make gpu-payload` where the offline model and data are) and a
 # Python with a CUDA build of torch and the packages bench/gpu_check.py lists; PYTHON picks it

@@ -32,12 +32,13 @@ import time
 import numpy as np
 import torch
 import transformers
-from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer, TrainingArguments
+from transformers import (AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer,
+                          TrainerCallback, TrainingArguments)
 
 from bench import gpu
 from bench.data import rows_to_word_tags
-from bench.result import TrainResult, entity_scores_only, fed_counts, loadavg, peak_rss_mib
-from nerpipe.evaluate.scoring import score_split
+from bench.result import TrainResult, entity_scores_only, fed_counts, loadavg, peak_rss_mib, reached_target
+from nerpipe.evaluate.scoring import entity_scores, score_split
 from nerpipe.model.device import use_bf16
 
 STRATEGIES = ("random", "group_by_length")
@@ -49,9 +50,12 @@ class CountingCollator:
     def __init__(self, inner):
         self.inner = inner
         self.rows = self.tokens = self.padded_tokens = 0
+        self.counting = True  # DevEvaluation turns it off while it predicts
 
     def __call__(self, features):
         batch = self.inner(features)
+        if not self.counting:
+            return batch
         mask = batch["attention_mask"]
         self.rows += int(mask.shape[0])
         self.tokens += int(mask.sum())
@@ -95,12 +99,50 @@ def predict_split(trainer, split, id2label):
     return pred, seconds
 
 
+class DevEvaluation(TrainerCallback):
+    """Dev F1 during `trainer.train()` where nerpipe's fit evaluates it: every `every` optimizer steps and at
+    each epoch's end, scored by the same code (nerpipe.evaluate.scoring.entity_scores, conlleval); with a
+    `target` (0-1), training stops at the first evaluation that reaches it (control.should_training_stop).
+    Records each evaluation with the wall seconds since `started` when it ended, and their wall and CPU time."""
+
+    def __init__(self, split, id2label, every, steps_per_epoch, target, collator):
+        self.split, self.id2label, self.every, self.steps_per_epoch, self.target = (
+            split, id2label, every, steps_per_epoch, target)
+        self.collator = collator  # CountingCollator: what prediction collates is not training's
+        self.trainer = None  # set once the Trainer exists
+        self.started = None  # set right before trainer.train()
+        self.evals, self.seconds, self.cpu_seconds = [], 0.0, 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if not ((self.every and step % self.every == 0) or step % self.steps_per_epoch == 0 or step == state.max_steps):
+            return
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.collator.counting = False
+        try:
+            pred, _ = predict_split(self.trainer, self.split, self.id2label)
+        finally:
+            self.collator.counting = True
+        scores = entity_scores(self.split.gold, pred)
+        self.seconds += time.perf_counter() - wall
+        self.cpu_seconds += time.process_time() - cpu
+        self.evals.append({"step": step, "epoch": round(step / self.steps_per_epoch, 4), "dev_f1": scores["f1"],
+                           "dev_precision": scores["precision"], "dev_recall": scores["recall"],
+                           "seconds": round(time.perf_counter() - self.started, 3)})
+        if self.target and scores["f1"] >= self.target:
+            control.should_training_stop = True
+
+
 def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, seed=42, warmup_ratio=0.0,
                        weight_decay=0.0, max_grad_norm=1.0, train_sampling_strategy="random", bf16=False,
-                       eval_batch_size=64, eval_splits=("valid", "test"), logging_steps=50, device="cpu"):
+                       eval_batch_size=64, eval_splits=("valid", "test"), logging_steps=50, device="cpu",
+                       eval_every=0, target_f1=0.0):
     """Fine-tune with the HF Trainer on data.splits['train'], predict `eval_splits`; a TrainResult.
+    With `eval_every` or `target_f1` (0-1), dev F1 during training as nerpipe's fit does it (DevEvaluation):
+    every `eval_every` steps (0: once per epoch) and at each epoch's end, stopping at the target.
 
-    Speed numbers cover `trainer.train()` only (data loading, collation, forward, backward, optimizer).
+    Speed numbers cover `trainer.train()` only (data loading, collation, forward, backward, optimizer), less
+    its dev evaluations.
     Sub-tokens are counted as nerpipe's loop counts them: real (non-pad) ones, [CLS]/[SEP] included.
     """
     if train_sampling_strategy not in STRATEGIES:
@@ -152,14 +194,22 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
         if cuda and args.n_gpu != 1:
             raise AssertionError(f"the Trainer sees {args.n_gpu} GPUs and would use DataParallel; run it with "
                                  "one visible (bench.gpu.one_gpu_env)")
+        dev = None
+        if eval_every or target_f1:
+            dev = DevEvaluation(data.splits["valid"], data.id2label, eval_every,
+                                planned_steps(len(train.examples), batch_size, 1), target_f1, collator)
         trainer = Trainer(model=model, args=args, train_dataset=train.examples, data_collator=collator,
-                          processing_class=tokenizer)
+                          processing_class=tokenizer, callbacks=[dev] if dev else None)
         gpu.reset_peak_memory(args.device)
         load_before = loadavg()
         cpu0, wall0 = time.process_time(), time.perf_counter()
+        if dev:
+            dev.trainer, dev.started = trainer, wall0
         train_output = trainer.train()
-        train_seconds = time.perf_counter() - wall0
-        cpu_seconds = time.process_time() - cpu0
+        call_seconds = time.perf_counter() - wall0
+        dev_seconds, dev_cpu_seconds = (dev.seconds, dev.cpu_seconds) if dev else (0.0, 0.0)
+        train_seconds = call_seconds - dev_seconds
+        cpu_seconds = time.process_time() - cpu0 - dev_cpu_seconds
         fed = fed_counts(collator.rows, collator.tokens, collator.padded_tokens)  # before predict() adds to them
         load_after, rss_after_train = loadavg(), peak_rss_mib()
 
@@ -171,8 +221,9 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
 
     threads = torch.get_num_threads()
     expected_tokens = train.n_subtokens() * epochs
-    if fed["tokens"] != expected_tokens:
+    if trainer.state.global_step == steps and fed["tokens"] != expected_tokens:  # a run stopped at its target: fewer
         raise AssertionError(f"the collator saw {fed['tokens']} sub-tokens, expected {expected_tokens}")
+    time_to_target, target_step = reached_target(dev.evals if dev else [], target_f1)
     return TrainResult(
         trainer="hf_trainer", batch_order=train_sampling_strategy, bf16=bf16,
         config={"lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed, "warmup_ratio": warmup_ratio,
@@ -181,17 +232,18 @@ def train_and_evaluate(model_dir, data, *, lr=5e-5, batch_size=32, epochs=1, see
                 "transformers": transformers.__version__},
         train_sentences=len(train.sentences), train_rows=len(train.examples),
         steps=trainer.state.global_step, planned_steps=steps,
-        train_seconds=round(train_seconds, 3), training_call_seconds=round(train_seconds, 3),
-        dev_eval_seconds_in_training=0.0,
+        train_seconds=round(train_seconds, 3), training_call_seconds=round(call_seconds, 3),
+        dev_eval_seconds_in_training=round(dev_seconds, 3),
         train_cpu_seconds=round(cpu_seconds, 3), cpu_utilisation=round(cpu_seconds / (train_seconds * threads), 3),
         fed=fed,
         train_loss=round(float(train_output.training_loss), 6),  # the Trainer's mean over all steps
         loss_history=[{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
-        dev_evals=[],
+        dev_evals=dev.evals if dev else [],
         eval_seconds={k: round(v, 3) for k, v in eval_seconds.items()}, scores=entity_scores_only(scores),
         eval_batch_size=eval_batch_size,
         peak_rss_mib={"before_train": rss_before_train, "after_train": rss_after_train,
                       "after_eval": peak_rss_mib()},
         loadavg_1min=[load_before, load_after],
         device=torch.cuda.get_device_name(args.device) if cuda else "cpu",
-        peak_gpu_mib=gpu.peak_memory_mib(args.device))
+        peak_gpu_mib=gpu.peak_memory_mib(args.device), target_f1=target_f1 or None,
+        time_to_target_seconds=time_to_target, target_step=target_step)

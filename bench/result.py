@@ -53,7 +53,9 @@ class TrainResult:
     loss_history: list
     """Rows of step and loss, as each trainer logs them."""
     dev_evals: list
-    """Dev evaluations during training (nerpipe: one per epoch here; the Trainer: none)."""
+    """Dev evaluations during training: step, epoch, dev_f1/precision/recall (conlleval) and `seconds`, the wall
+    time since the training call began when it ended. nerpipe: once per epoch, or every --eval-every steps and
+    at each epoch's end; the Trainer: the same with --eval-every or --target-f1, else none."""
     eval_seconds: dict
     """Split -> wall seconds to predict it after training."""
     scores: dict
@@ -67,6 +69,13 @@ class TrainResult:
     """'cpu', or the name of the GPU it trained on."""
     peak_gpu_mib: dict = None
     """On a GPU: peak memory of training and evaluation, allocated by tensors and reserved by torch."""
+    target_f1: float = None
+    """Time-to-accuracy (--target-f1): the dev F1 (conlleval, 0-1) at which training stopped; None without one."""
+    time_to_target_seconds: float = None
+    """Wall seconds from the start of the training call to the end of the first dev evaluation that reached
+    target_f1, every step and every dev evaluation before it included; None when it was never reached."""
+    target_step: int = None
+    """The optimizer step of that evaluation."""
 
     @property
     def f1(self):
@@ -76,7 +85,8 @@ class TrainResult:
         """The fields plus the speeds derived from them (what the table and the ratios read)."""
         seconds = self.train_seconds
         return {**dataclasses.asdict(self), "f1": self.f1,
-                "train_sentences_per_second": round(self.train_sentences * self.config["epochs"] / seconds, 2),
+                # the sentences of the rows fed: all epochs', or fewer where a run stopped at its target
+                "train_sentences_per_second": round(self.train_sentences * self.fed["rows"] / self.train_rows / seconds, 2),
                 "train_rows_per_second": round(self.fed["rows"] / seconds, 2),
                 "train_subtokens_per_second": round(self.fed["tokens"] / seconds, 1),
                 "train_padded_tokens_per_second": round(self.fed["padded_tokens"] / seconds, 1),
@@ -92,3 +102,9 @@ def entity_scores_only(scores):
     """score_split's output without the per-type and token-level parts."""
     return {split: {mode: {k: v for k, v in s[mode].items() if k != "per_type"} for mode in MODES}
             for split, s in scores.items()}
+
+
+def reached_target(dev_evals, target):
+    """(seconds, step) of the first dev evaluation whose F1 reached `target`; (None, None) if none did or no target."""
+    hit = next((e for e in dev_evals if target and e["dev_f1"] >= target), None)
+    return (round(hit["seconds"], 3), hit["step"]) if hit else (None, None)

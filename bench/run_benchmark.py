@@ -62,7 +62,7 @@ from pathlib import Path
 import torch
 
 from bench import gpu, inputs
-from bench.result import TrainResult, entity_scores_only, fed_counts, loadavg, peak_rss_mib
+from bench.result import TrainResult, entity_scores_only, fed_counts, loadavg, peak_rss_mib, reached_target
 from nerpipe.core.errors import UserError, exit_on_user_error
 from nerpipe.model.device import use_bf16
 
@@ -101,9 +101,10 @@ def trains_in_bf16(trainer, device):
 # nerpipe's trainer, through the same calls nerpipe/train/run.py makes
 # --------------------------------------------------------------------------------------------------
 def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, weight_decay, max_grad_norm,
-                eval_batch_size, eval_splits, bf16="auto", device="cpu"):
-    """Train with nerpipe.train.loop.fit on the benchmark rows (dev F1 once per epoch, the best model
-    kept, as the train stage does), predict `eval_splits` with the best model; a TrainResult."""
+                eval_batch_size, eval_splits, bf16="auto", device="cpu", eval_every=0, target_f1=0.0):
+    """Train with nerpipe.train.loop.fit on the benchmark rows (dev F1 once per epoch, or every `eval_every`
+    steps and at each epoch's end, the best model kept, as the train stage does; with `target_f1` (0-1)
+    stopping at the first evaluation that reaches it), predict `eval_splits` with the best model; a TrainResult."""
     from nerpipe.core.params import TrainParams
     from nerpipe.data.batching import length_grouped_batches, padded_width
     from nerpipe.data.prepared import WindowedExamples
@@ -120,7 +121,7 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     tokenizer = load_tokenizer(model_dir)
     pad_id = tokenizer.pad_token_id
     cfg = TrainParams(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                      max_grad_norm=max_grad_norm, seed=seed, dropout=0.1, eval_every_steps=0, patience=0,
+                      max_grad_norm=max_grad_norm, seed=seed, dropout=0.1, eval_every_steps=eval_every, patience=0,
                       checkpoint_every=0, bf16=bf16)
     bf16 = use_bf16(cfg.bf16, device)
     set_tf32(device, bf16)
@@ -129,17 +130,18 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     devset = DevSet(WindowedExamples(dev_split.examples), dev_split.words, dev_split.gold, data.id2label,
                     eval_batch_size)
     score_dev = dev_scorer(devset, pad_id, device, bf16)
-    dev_cpu_seconds = 0.0
+    dev_cpu_seconds, wall0, ended = 0.0, None, []
 
     def evaluate_dev(model):
         # fit() times its dev evaluations in wall seconds (TrainState.eval_seconds); their CPU seconds are
-        # counted here, so that the CPU seconds of training alone can be reported.
+        # counted here, so that the CPU seconds of training alone can be reported, and when each one ended.
         nonlocal dev_cpu_seconds
         started = time.process_time()
         try:
             return score_dev(model)
         finally:
             dev_cpu_seconds += time.process_time() - started
+            ended.append(time.perf_counter() - wall0)
 
     model = load_for_training(model_dir, data.labels, cfg.dropout, seed).to(device)
     rss_before_train = peak_rss_mib()
@@ -148,7 +150,8 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
         checkpoints = Checkpoints(Path(tmp) / "checkpoints", "bench")
         load_before = loadavg()
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        state = fit(model, train, RunContext(cfg, lr, pad_id, device, bf16, checkpoints, evaluate_dev))
+        state = fit(model, train, RunContext(cfg, lr, pad_id, device, bf16, checkpoints, evaluate_dev,
+                                             target_dev_f1=target_f1))
         fit_seconds = time.perf_counter() - wall0
         # The rest of the call besides dev evaluation is the steps, plus saving the best model once an epoch.
         train_cpu_seconds = time.process_time() - cpu0 - dev_cpu_seconds
@@ -167,8 +170,13 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
     lengths = train.input_ids.lengths()
     # the width fit's collate pads each batch to (a multiple of 8 on CUDA, within the model's positions)
     multiple, limit = pad_multiple(device), getattr(model.config, "max_position_embeddings", None)
-    padded = sum(padded_width(int(lengths[b].max()), multiple, limit) * len(b) for epoch in range(state.epoch)
-                 for b in length_grouped_batches(lengths, batch_size, seed, epoch))
+    # the batches fed: one per optimizer step (no gradient accumulation here), epoch after epoch, the last
+    # epoch cut where a run stopped at its target
+    fed_batches = [b for epoch in range(state.epoch + 1)
+                   for b in length_grouped_batches(lengths, batch_size, seed, epoch)][:state.step]
+    padded = sum(padded_width(int(lengths[b].max()), multiple, limit) * len(b) for b in fed_batches)
+    dev_evals = [{**row, "seconds": round(seconds, 3)} for row, seconds in zip(state.dev_evals, ended)]
+    time_to_target, target_step = reached_target(dev_evals, target_f1)
     logged_steps = [row["step"] for row in state.history]
     # each history row is the mean loss of the steps since the previous row
     loss_sum = sum(row["loss"] * (step - previous)
@@ -187,14 +195,15 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
         fed=fed_counts(state.sentences_seen, state.tokens_seen, padded),
         train_loss=round(loss_sum / max(state.step, 1), 6),
         loss_history=[{"step": row["step"], "loss": row["loss"]} for row in state.history],
-        dev_evals=state.dev_evals,
+        dev_evals=dev_evals,
         eval_seconds={k: round(v, 3) for k, v in eval_seconds.items()}, scores=entity_scores_only(scores),
         eval_batch_size=eval_batch_size,
         peak_rss_mib={"before_train": rss_before_train, "after_train": rss_after_train,
                       "after_eval": peak_rss_mib()},
         loadavg_1min=[load_before, load_after],
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        peak_gpu_mib=gpu.peak_memory_mib(device))
+        peak_gpu_mib=gpu.peak_memory_mib(device), target_f1=target_f1 or None,
+        time_to_target_seconds=time_to_target, target_step=target_step)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,6 +224,7 @@ def worker(spec):
     kind, options = TRAINERS[spec["trainer"]]
     hyper = {k: spec[k] for k in ("lr", "batch_size", "epochs", "seed", "warmup_ratio", "weight_decay",
                                   "max_grad_norm", "eval_batch_size")}
+    hyper |= {"eval_every": spec.get("eval_every", 0), "target_f1": spec.get("target_f1", 0.0) / 100}
     run = train_and_evaluate if kind == "hf" else run_nerpipe
     result = run(spec["model"], data, **options, **hyper, eval_splits=tuple(spec["eval_splits"]),
                  device=spec["device"])
@@ -345,7 +355,9 @@ def medians(runs):
                        ("train_seconds", "train_sentences_per_second", "train_subtokens_per_second",
                         "train_padded_tokens_per_second", "train_subtokens_per_cpu_second")},
                     "dev_f1": statistics.median(x["f1"]["valid"]["conlleval"] for x in rs)
-                    if "valid" in rs[0]["f1"] else None})
+                    if "valid" in rs[0]["f1"] else None,
+                    "time_to_target_seconds": statistics.median(x["time_to_target_seconds"] for x in rs)
+                    if all(x.get("time_to_target_seconds") for x in rs) else None})
     return out
 
 
@@ -367,6 +379,37 @@ def ratio_lines(medians_):
                 line += f"; dev F1 (conlleval) {100 * (base['dev_f1'] - other['dev_f1']):+.2f} points"
             lines.append(line)
     return lines
+
+
+def target_lines(runs, medians_):
+    """With --target-f1: each run's time to the target (dev evaluations included), then nerpipe's median
+    against each other trainer's. Empty without a target."""
+    done = [r for r in runs if "error" not in r and r.get("target_f1")]
+    if not done:
+        return []
+    head = ["trainer", "precision", "rep", "target dev F1", "reached at step", "time to target s",
+            "of which dev eval s", "dev evals", "train s (steps)", "sent/s", "best dev F1"]
+    rows = []
+    for r in done:
+        at = r["target_step"]
+        before = [e for e in r["dev_evals"] if at is None or e["step"] <= at]
+        rows.append([r["spec"]["trainer"], "bf16" if r["bf16"] else "fp32", str(r["spec"]["repeat"]),
+                     _fmt(100 * r["target_f1"], 2), str(at) if at else "not reached",
+                     _fmt(r["time_to_target_seconds"], 1), _fmt(r["dev_eval_seconds_in_training"], 1),
+                     str(len(before)), _fmt(r["train_seconds"], 1), _fmt(r["train_sentences_per_second"], 1),
+                     _fmt(100 * max(e["dev_f1"] for e in r["dev_evals"]), 2) if r["dev_evals"] else "-"])
+    lines = ["Time to accuracy (wall seconds from the start of training to the end of the first dev evaluation "
+             "that reached the target; steps, dev evaluations and the rest of the training call included):", "",
+             markdown_table(rows, head), ""]
+    for base in (m for m in medians_ if m["trainer"] == "nerpipe" and m["time_to_target_seconds"]):
+        for other in (m for m in medians_ if m["threads"] == base["threads"] and m["trainer"] != "nerpipe"):
+            if other["time_to_target_seconds"]:
+                lines.append(f"- time to target, {other['trainer']} ({_precision(other)}) / nerpipe "
+                             f"({_precision(base)}): **{other['time_to_target_seconds'] / base['time_to_target_seconds']:.2f}x** "
+                             f"({other['time_to_target_seconds']:.1f} s vs {base['time_to_target_seconds']:.1f} s)")
+            else:
+                lines.append(f"- {other['trainer']} did not reach the target in every run")
+    return lines + [""]
 
 
 def environment(device="cpu"):
@@ -405,6 +448,9 @@ def write_report(report, out):
     print()
     print(plain_table(rows, head))
     print("\n".join(["", *ratio_lines(report["medians"])]))
+    target_md = target_lines(runs, report["medians"])
+    if target_md:
+        print("\n".join(["", *target_md]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     env, spec = report["environment"], (runs[0]["spec"] if runs else {})
@@ -423,7 +469,7 @@ def write_report(report, out):
           "(shared machine; see `cpu util`)",
           f"- model train FLOPs per sub-token (seq 40): {flops_per_token / 1e6:.2f} M"]
     md += [_matmul_line(m) for m in matmul]
-    md += ["", markdown_table(rows, head), "", *ratio_lines(report["medians"]), "",
+    md += ["", markdown_table(rows, head), "", *ratio_lines(report["medians"]), "", *target_md,
            "Columns: see the docstring of bench/run_benchmark.py.", ""]
     out.with_suffix(".md").write_text("\n".join(md))
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
@@ -471,6 +517,12 @@ def parse_args(argv):
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--eval-splits", nargs="+", default=["valid", "test"], help="'none' to skip evaluation")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="dev F1 every N optimizer steps and at each epoch's end, on both sides (0: nerpipe once "
+                             "per epoch, the Trainer never, unless --target-f1)")
+    parser.add_argument("--target-f1", type=float, default=0.0,
+                        help="time-to-accuracy: dev F1 (conlleval, in percent, e.g. 88.0) at which each trainer "
+                             "stops; the wall time until its first dev evaluation reaches it is reported")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
                         help="torch threads per run (default: torch's, %(default)s here)")
@@ -563,7 +615,7 @@ def main(argv=None):
                         "lr": args.lr, "seed": args.seed, "warmup_ratio": args.warmup_ratio,
                         "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
                         "eval_batch_size": args.eval_batch_size, "eval_splits": eval_splits,
-                        "device": args.device}
+                        "device": args.device, "eval_every": args.eval_every, "target_f1": args.target_f1}
                 print(f"run {trainer} threads={threads} repeat={repeat} ...", flush=True)
                 result = run_in_subprocess(spec, args.timeout)
                 runs.append(result)

@@ -190,3 +190,97 @@ def test_gpu_rows_are_per_second_against_the_gpu_bf16_rate_with_peak_memory(resu
     assert row[9] == f"{tflops:,.1f}" and row[10] == f"{100 * tflops * 1e3 / 500000.0:,.1f}"
     assert row[-1].strip(" |") == "1,234"
     assert json.loads((tmp_path / "gpu.json").read_text())["runs"][0]["peak_gpu_mib"]["allocated"] == 1234.5
+
+
+# --- time to accuracy ----------------------------------------------------------------------------------------
+
+def tta_runs(model_dir, data, target):
+    """Both trainers evaluating dev every 2 steps (and at each epoch's end: 3 steps an epoch here), up to `target`."""
+    hyper = {**HYPER, "eval_every": 2, "target_f1": target}
+    return {"hf": train_and_evaluate(model_dir, data, **hyper, train_sampling_strategy="group_by_length",
+                                     eval_splits=()),
+            "nerpipe": rb.run_nerpipe(model_dir, data, **hyper, eval_splits=(), bf16="off")}
+
+
+def test_both_trainers_evaluate_dev_at_the_same_steps_and_stop_at_the_target(tiny_model_dir, data, monkeypatch):
+    model_dir = str(tiny_model_dir)
+    unreachable = tta_runs(model_dir, data, 1.01)
+    for r in unreachable.values():
+        # every 2 steps and at each epoch's end (steps 3 and 6), the target never reached
+        assert [e["step"] for e in r.dev_evals] == [2, 3, 4, 6] and r.steps == r.planned_steps == 6
+        assert r.time_to_target_seconds is None and r.target_step is None
+        seconds = [e["seconds"] for e in r.dev_evals]
+        assert seconds == sorted(seconds) and 0 < seconds[-1] <= r.training_call_seconds
+        assert 0 < r.dev_eval_seconds_in_training < r.training_call_seconds
+        assert r.train_seconds + r.dev_eval_seconds_in_training <= r.training_call_seconds + 1e-3
+    # the Trainer's token count is training's alone, its dev predictions not counted
+    assert unreachable["hf"].fed["tokens"] == 2 * data.splits["train"].n_subtokens()
+
+    # The tiny model learns no entity in 6 steps (its dev F1 stays 0), so the one thing faked is the F1 of
+    # each evaluation: 0.1, 0.2, 0.3, ... on both sides. A target of 0.25 is reached at the third, step 4.
+    import bench.hf_trainer as hf
+    from nerpipe.train import loop
+
+    def rising(calls):
+        def scores(*args):
+            calls.append(1)
+            return {"f1": 0.1 * len(calls), "precision": 0.0, "recall": 0.0}
+        return scores
+    monkeypatch.setattr(hf, "entity_scores", rising([]))
+    monkeypatch.setattr(loop, "dev_scorer", lambda *args: rising([]))
+    reached = tta_runs(model_dir, data, 0.25)
+    for name, r in reached.items():
+        assert [e["step"] for e in r.dev_evals] == [2, 3, 4], name
+        assert r.steps == r.target_step == 4 and r.target_f1 == 0.25, name
+        assert r.time_to_target_seconds == r.dev_evals[-1]["seconds"] > 0, name
+
+
+def test_the_report_gives_time_to_accuracy_and_its_ratio(results, tmp_path):
+    runs = []
+    for trainer, key, seconds in (("hf-group", "hf", 30.0), ("nerpipe", "nerpipe", 20.0)):
+        run = results[key].to_json()
+        run.update(spec={"trainer": trainer, "threads": 2, "repeat": 0, "device": "cpu", "train_sentences": 10,
+                         "epochs": 2}, target_f1=0.5, time_to_target_seconds=seconds, target_step=4,
+                   dev_evals=[{"step": 2, "dev_f1": 0.3, "seconds": 1.0}, {"step": 4, "dev_f1": 0.55, "seconds": 2.0}])
+        runs.append(run)
+    report = {"environment": {**rb.environment("cpu"), "loadavg_end": (0.1, 0.1, 0.1)},
+              "flops": {"flops_per_token": 1e9}, "runs": runs, "matmul": []}
+    rb.write_report(report, tmp_path / "tta.json")
+    md = (tmp_path / "tta.md").read_text()
+    assert "- time to target, hf-group (fp32) / nerpipe (fp32): **1.50x** (30.0 s vs 20.0 s)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| nerpipe | fp32 | 0 | 50.00 |"))
+    assert row.split(" | ")[4:8] == ["4", "20.0", f"{runs[1]['dev_eval_seconds_in_training']:,.1f}", "2"]
+
+
+# --- bench.step_speed --------------------------------------------------------------------------------------
+
+def test_step_speed_runs_each_variant_on_the_same_batches(tiny_model_dir, fixture_dir):
+    from bench import step_speed
+
+    report = step_speed.run(str(tiny_model_dir), str(fixture_dir), ["waiting", "pipelined", "static", "regional"],
+                            train_sentences=0, batch_size=2, warmup=1, blocks=2, block_steps=2, widths=(16, 64))
+    rows = report["variants"]
+    assert list(rows) == ["waiting", "pipelined", "static", "regional"]
+    for row in rows.values():
+        assert len(row["block_seconds"]) == 2 and all(s > 0 for s in row["block_seconds"])
+        assert row["first_pass_seconds"] > 0 and row["ms_per_step"] > 0
+    # the same batches: the same padding unless padded to the static widths, which pad more, to 2 widths at most
+    assert rows["waiting"]["padding_fraction"] == rows["pipelined"]["padding_fraction"] == rows["regional"]["padding_fraction"]
+    assert rows["static"]["padding_fraction"] > rows["pipelined"]["padding_fraction"]
+    assert rows["static"]["distinct_widths"] <= 2 < rows["pipelined"]["distinct_widths"]
+
+
+def test_regional_compilation_routes_every_residual_block_and_computes_the_same(tiny_model_dir):
+    import torch
+
+    from bench.step_speed import compile_residual_blocks
+    from nerpipe.model.loading import load_for_training
+    from tests.conftest import CONLL_LABELS
+
+    eager = load_for_training(str(tiny_model_dir), CONLL_LABELS, 0.1, 42).eval()
+    compiled = load_for_training(str(tiny_model_dir), CONLL_LABELS, 0.1, 42).eval()
+    assert compile_residual_blocks(compiled) == 2 * compiled.config.num_hidden_layers  # attention and feed-forward
+    ids = torch.randint(5, 90, (3, 9))
+    with torch.no_grad():
+        want, got = (m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits for m in (eager, compiled))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -155,13 +155,13 @@ def test_a_failing_process_fails_the_stage_within_seconds(repo, tmp_path):
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
         "    from nerpipe.train import loop\n"
-        "    real, calls = loop.train_step, []\n"
+        "    real, calls = loop.run_step, []\n"
         "    def failing(*args, **kwargs):\n"
         "        calls.append(1)\n"
         "        if len(calls) == 3:\n"
         "            raise RuntimeError('rank 1 fails at its third step')\n"
         "        return real(*args, **kwargs)\n"
-        "    loop.train_step = failing\n")
+        "    loop.run_step = failing\n")
     env = {**repo.env, "PYTHONPATH": f"{hook}{os.pathsep}{repo.env['PYTHONPATH']}"}
     started = time.monotonic()
     result = subprocess.run(TRAIN_CMD, cwd=repo.root, env=env, capture_output=True, text=True, timeout=300)

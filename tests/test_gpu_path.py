@@ -1,6 +1,6 @@
 """The GPU path, tested on the CPU: checkpoints that a GPU wrote open anywhere, the RNG saved is that
-of the GPU in use, the settings digest holds the device and the resolved precision, the step timer
-waits for the GPU and the loss stays on it, and the tests themselves are pinned to the CPU.
+of the GPU in use, the settings digest holds the device and the resolved precision, the step clock
+reads CUDA events, batches are collated ahead and pinned, and the loss stays on the GPU, and the tests themselves are pinned to the CPU.
 
 Where a test needs CUDA behaviour it fakes exactly one thing, named in the test: the device tag a
 GPU's torch.save writes, or the torch.cuda RNG functions. What these fakes cannot show (optimizer
@@ -143,7 +143,7 @@ def test_a_gpu_checkpoint_is_refused_on_the_cpu_naming_what_differs(tiny_model_d
     assert Checkpoints(tmp_path, on_gpu).saved_run_id() == "gpu-run"
 
 
-# --- 7. no host sync per micro-batch; the step timer waits for the GPU ----------------------------------
+# --- 7. no host sync per micro-batch or step; the clock is CUDA events, batches are collated ahead ----------------------------------
 
 def test_train_step_leaves_the_loss_on_the_device_as_float64(tiny_model_dir, prepared):
     train = PreparedSplit(prepared, "train").examples
@@ -163,7 +163,72 @@ def test_synchronize_waits_only_for_a_gpu(monkeypatch):
     assert waited == [CUDA]
 
 
-def test_fit_reads_the_clock_after_waiting_for_the_device_and_the_loss_at_log_time(
+class FakeEvent:
+    """torch.cuda.Event as the step clock uses it: recorded on the stream, read later; each pair 250 ms apart."""
+    log = []
+
+    def __init__(self, enable_timing):
+        assert enable_timing
+
+    def record(self):
+        FakeEvent.log.append("record")
+
+    def synchronize(self):
+        FakeEvent.log.append("wait")
+
+    def elapsed_time(self, end):
+        return 250.0
+
+
+def test_the_step_clock_on_a_gpu_records_events_and_waits_only_when_collected(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    FakeEvent.log = []
+    clock = loop.StepClock(CUDA)
+    for _ in range(3):
+        clock.start()
+        assert clock.stop() == 0.0
+    assert FakeEvent.log == ["record"] * 6  # no wait during the steps
+    assert clock.collect() == pytest.approx(0.75)
+    assert FakeEvent.log == ["record"] * 6 + ["wait"]  # one wait, on the last event
+    assert clock.collect() == 0.0 and FakeEvent.log[-1] == "wait" and len(FakeEvent.log) == 7
+
+
+def test_the_step_clock_on_the_cpu_is_the_wall_clock(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Event", lambda **kw: pytest.fail("no CUDA event on the CPU"))
+    times = iter([10.0, 10.5])
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(times))
+    clock = loop.StepClock(CPU)
+    clock.start()
+    assert clock.stop() == 0.5 and clock.collect() == 0.0
+
+
+def test_on_a_gpu_steps_are_collated_ahead_by_a_worker_and_pinned(tiny_model_dir, prepared):
+    train = PreparedSplit(prepared, "train").examples
+    lengths = train.input_ids.lengths()
+    groups = [[[0, 1]], [[2, 3], [4]]]
+
+    def collate_one(group):
+        return loop.collate_step(group, train, lengths, 0)
+
+    gpu, cpu = loop.step_loader(groups, collate_one, CUDA), loop.step_loader(groups, collate_one, CPU)
+    assert (gpu.num_workers, gpu.prefetch_factor, gpu.pin_memory) == (1, loop.PREFETCH, True)
+    assert (cpu.num_workers, cpu.pin_memory) == (0, False)
+    steps = list(cpu)  # on the CPU: in this process, in order, the global RNG untouched
+    assert [[len(batch["input_ids"]) for batch, _ in s.micro] for s in steps] == [[2], [2, 1]]
+    assert [s.sentences for s in steps] == [2, 3]
+    assert steps[1].n_labelled == sum(int((train.labels.row(i) >= 0).sum()) for i in (2, 3, 4))
+
+
+def test_ddp_does_not_broadcast_buffers(monkeypatch):
+    from nerpipe.train.distributed import World
+
+    made = {}
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda model, **kw: made.update(kw) or model)
+    World(0, 2).wrap(torch.nn.Linear(2, 2))
+    assert made == {"device_ids": None, "broadcast_buffers": False}
+
+
+def test_fit_never_waits_for_the_device_between_steps_and_reads_the_loss_at_log_time(
         tiny_model_dir, prepared, tmp_path, monkeypatch):
     events = []
     monkeypatch.setattr(loop, "synchronize", lambda device: events.append(("sync", device)))
@@ -180,9 +245,9 @@ def test_fit_reads_the_clock_after_waiting_for_the_device_and_the_loss_at_log_ti
     devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, 8)
     state = fit(model, train.examples, RunContext(cfg, 1e-3, 0, CPU, False, Checkpoints(tmp_path, "t"),
                                                   dev_scorer(devset, 0, CPU, False)))
-    assert state.step == 3
-    # before and after each of the 3 steps; the loss logged once (step 3, the last), summed as a tensor
-    assert events == [("sync", CPU)] * 6 + [("log", torch.Tensor)]
+    assert state.step == 3 and state.train_seconds > 0
+    # no host sync around the steps; the loss logged once (step 3, the last), summed as a tensor until then
+    assert events == [("log", torch.Tensor)]
     assert type(state.history[0]["loss"]) is float and state.loss_sum == 0.0
 
 

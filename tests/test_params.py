@@ -182,12 +182,31 @@ def test_flatten():
     assert flat["data.sha256.valid"] == "b" * 64
     assert "data.sha256" not in flat and "train" not in flat
     assert flat["data.remote_files.valid"] == "eng.testa" and flat["data.local_files.test"] == "test.txt"
-    # lr, data (source + 3 remote_files + 3 local_files + 3 sha256), model, prepare, train (16 of its own,
+    # lr, data (source + 3 remote_files + 3 local_files + 3 sha256), model, prepare, train (17 of its own,
     # lora 4, adapter 2, prompt 1), evaluate (batch size, bootstrap samples and seed), mlflow
-    assert len(flat) == 1 + 10 + 1 + 5 + 16 + 4 + 2 + 1 + 3 + 2
+    assert len(flat) == 1 + 10 + 1 + 5 + 17 + 4 + 2 + 1 + 3 + 2
     assert flat["train.lora.target_modules"] == "auto" and flat["train.prompt.virtual_tokens"] == 20
     assert all(not isinstance(v, dict) for v in flat.values())
 
 
 def test_flatten_keeps_an_empty_mapping_as_a_leaf():
     assert flatten(Params())["data.sha256"] == {}
+
+
+@pytest.mark.parametrize("widths, message", [
+    ("32", "train.static_widths: expected a list, got '32'"),
+    ([32, 0], "train.static_widths: expected positive integers, got [32, 0]"),
+    ([32, 1.5], "train.static_widths: expected positive integers, got [32, 1.5]"),
+    ([64, 32], "train.static_widths: must be strictly ascending, got [64, 32]"),
+])
+def test_static_widths_are_ascending_positive_integers(widths, message):
+    assert message in problems_of({"train": {"static_widths": widths}})
+
+
+def test_static_widths_pad_a_batch_to_the_smallest_that_holds_it():
+    from nerpipe.data.batching import padded_width
+
+    assert parse_params(valid_raw(train={"static_widths": [16, 32, 64]})).train.static_widths == [16, 32, 64]
+    assert [padded_width(n, widths=(16, 32, 64)) for n in (3, 16, 17, 64, 70)] == [16, 16, 32, 64, 70]
+    assert [padded_width(n, 8, 514, widths=(20, 40)) for n in (13, 20, 21)] == [20, 40, 40]  # 13 -> 16 -> 20
+    assert padded_width(13) == 13 and padded_width(13, 8) == 16  # no widths: as before

@@ -377,7 +377,7 @@ def test_a_failure_after_training_resumes_at_the_end_without_a_step(repo, refere
     def no_step(*args, **kwargs):
         raise AssertionError("an optimizer step after the training had finished")
 
-    monkeypatch.setattr(nerpipe.train.loop, "train_step", no_step)
+    monkeypatch.setattr(nerpipe.train.loop, "run_step", no_step)
     state = train_model(params, paths)
     assert "resuming from the checkpoint at step 18 (epoch 3)" in capsys.readouterr().out
     assert state.step == 18

@@ -250,6 +250,11 @@ class TrainParams:
     fp32 everywhere (no TF32), the numbers of a plain fp32 transformers run. 'auto' is 'on' where
     bf16 is native -- a GPU of compute capability 8.0 or later (Ampere on; not T4 or V100), a CPU
     with avx512_bf16 or AMX -- and 'off' elsewhere."""
+    static_widths: list = field(default_factory=list)
+    """Pad every training batch to the smallest of these widths (sub-tokens, ascending) that holds its
+    longest row, instead of to that row's own length: a few fixed shapes, which CUDA graphs and
+    compiled kernels can reuse, at the cost of more padding. Empty (the default): dynamic widths. A
+    batch wider than the last keeps its own width. docs/speed.md has the measurements."""
     processes: int = check(1, at_least(1))
     """Training processes working on each optimizer step (torch.distributed, DDP: one GPU each on
     CUDA, gloo on CPU). N > 1 runs the train stage under `torchrun --standalone --nproc-per-node N`;
@@ -257,7 +262,13 @@ class TrainParams:
     The global batch, the number of steps and the learning-rate schedule do not depend on it."""
 
     def problems(self):
-        return allowed_problems(self, "train.") + self.lora.problems() + self.adapter.problems() + self.prompt.problems()
+        out = allowed_problems(self, "train.") + self.lora.problems() + self.adapter.problems() + self.prompt.problems()
+        widths = self.static_widths
+        if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+            out.append(f"train.static_widths: expected positive integers, got {widths!r}")
+        elif any(a >= b for a, b in zip(widths, widths[1:])):
+            out.append(f"train.static_widths: must be strictly ascending, got {widths!r}")
+        return out
 
 
 
@@ -306,7 +317,8 @@ class Params:
 
 
 def _type_name(tp):
-    return {float: "a number", int: "an integer", bool: "true/false", str: "a string", dict: "a mapping"}.get(
+    return {float: "a number", int: "an integer", bool: "true/false", str: "a string", dict: "a mapping",
+            list: "a list"}.get(
         tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -319,6 +331,8 @@ def _coerce(value, tp):
         return value, isinstance(value, int) and not isinstance(value, bool)
     if tp is dict:
         return (dict(value) if isinstance(value, dict) else value), isinstance(value, dict)
+    if tp is list:
+        return (list(value) if isinstance(value, list) else value), isinstance(value, list)
     return value, isinstance(value, tp)
 
 

@@ -53,19 +53,22 @@ def sorted_batches(lengths, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def padded_width(longest, multiple=1, limit=None):
+def padded_width(longest, multiple=1, limit=None, widths=()):
     """The width a batch whose longest row holds `longest` sub-tokens is padded to: the next multiple of
     `multiple`, but never past `limit`, the model's max_position_embeddings (a limit that is not a
-    multiple of 8, such as RoBERTa's 514, would otherwise be exceeded), nor below `longest`."""
+    multiple of 8, such as RoBERTa's 514, would otherwise be exceeded), nor below `longest`. With static
+    `widths` (ascending; train.static_widths), the smallest of them that holds that width, so that batches
+    come in a few shapes only; a batch wider than all of them keeps its own width."""
     width = -(-longest // multiple) * multiple
-    return max(longest, min(width, limit)) if limit else width
+    width = max(longest, min(width, limit)) if limit else width
+    return next((w for w in widths if w >= width), width)
 
 
-def collate(indices, input_ids, pad_id, labels=None, pad_to_multiple_of=1, max_width=None):
+def collate(indices, input_ids, pad_id, labels=None, pad_to_multiple_of=1, max_width=None, widths=()):
     """Pad the rows `indices` to their own longest length (rounded up to `pad_to_multiple_of`, at most
-    `max_width`: see padded_width) -> dict of (batch, seq_len) tensors."""
+    `max_width`, or up to one of the static `widths`: see padded_width) -> dict of (batch, seq_len) tensors."""
     rows = [input_ids.row(i) for i in indices]
-    width = padded_width(max(len(r) for r in rows), pad_to_multiple_of, max_width)
+    width = padded_width(max(len(r) for r in rows), pad_to_multiple_of, max_width, widths)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for j, r in enumerate(rows):

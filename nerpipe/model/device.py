@@ -13,7 +13,7 @@ def pick_device():
 
 def use_bf16(setting, device):
     """'auto': on CUDA GPUs and CPUs that run bf16 natively -- compute capability 8.0 and later (Ampere
-    on), avx512_bf16 or AMX -- where bf16 matmuls run at about twice the fp32 rate (bench/NOTES_bf16.md).
+    on), avx512_bf16 or AMX -- where bf16 matmuls run at about twice the fp32 rate (BENCHMARKS.md "bf16 on this CPU").
     Elsewhere (T4, V100, AVX2) bf16 is emulated, slower than fp32."""
     if setting != "auto":
         return setting == "on"

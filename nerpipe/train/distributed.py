@@ -79,7 +79,9 @@ class World:
         if not self.distributed:
             return model
         device_ids = [self.local_rank] if next(model.parameters()).device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        # broadcast_buffers=False: DDP would otherwise send the main's buffers to every process before each
+        # forward; a BERT-family encoder's buffers (position_ids, token_type_ids) are constants, equal everywhere
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
     def no_sync(self, model, last):
         """DDP's no_sync for every micro-batch of a step but the last: gradients are all-reduced once."""

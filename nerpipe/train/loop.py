@@ -25,6 +25,7 @@ from nerpipe.model.device import autocast, pad_multiple
 from nerpipe.train.distributed import World, rng_state, seed_rank, set_rng_state
 
 LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
+PREFETCH = 4  # steps collated ahead on CUDA
 
 
 @dataclass
@@ -79,6 +80,7 @@ class RunContext:
     log_metrics: Callable = _ignore  # ({name: value}, step) -> None
     world: World = World()  # the processes training together (distributed.py); one by default
     log_every: int = LOG_EVERY  # optimizer steps between loss/lr rows
+    target_dev_f1: float = 0.0  # stop at the first dev evaluation whose F1 reaches it (0: never); bench/ sets it
 
     @property
     def is_main_process(self):
@@ -113,7 +115,8 @@ class StopRequest:
         if self.requested:  # a second Ctrl-C means now
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write("stop requested: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
+        tqdm.write("stop requested: finishing this step (with several processes, up to the next logged step) "
+                   "and writing a checkpoint (Ctrl-C again to abort)")
 
     def __exit__(self, *exc):
         for s, handler in self._old.items():
@@ -128,7 +131,7 @@ def build_optimizer(model, lr, weight_decay):
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel exists for CPU too since torch 2.4: one MiniLM step takes 16 ms fused vs
-    # ~90 ms foreach on the 2-core CPU here (bench/optimizer_step.py).
+    # ~90 ms foreach on the 2-core CPU here (BENCHMARKS.md "Levers tried").
     return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 
@@ -139,50 +142,140 @@ def plan_steps(n_examples, cfg):
     return steps_per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
 
 
-def train_step(model, group, train, lengths, pad_id, device, bf16, world=World()):
-    """One optimizer step's forward/backward over `group` (grad-accumulation micro-batches).
+@dataclass
+class StepBatch:
+    """One optimizer step's input, collated on the host: this process's share of each micro-batch with the
+    weight of its loss, and what the whole step counts."""
+
+    micro: list  # [({input_ids, attention_mask, labels: (rows, width) int64 CPU tensors}, loss weight)]
+    n_labelled: int  # labelled sub-tokens of the whole step over all processes: the loss's divisor
+    sentences: int
+    subtokens: int
+
+    def pin_memory(self):
+        """Page-locked copies, so that the copies to a GPU run without blocking (DataLoader's pin thread calls it)."""
+        return dataclasses.replace(self, micro=[({k: v.pin_memory() for k, v in batch.items()}, weight)
+                                                for batch, weight in self.micro])
+
+
+def collate_step(group, train, lengths, pad_id, multiple=1, limit=None, world=World(), widths=()):
+    """The StepBatch of `group` (the micro-batches' window indices). Every process holds the whole step's
+    indices, so each counts its labelled tokens without an all-reduce; a process whose share of a
+    micro-batch is empty takes one window weighted 0, since every process must join each gradient sync."""
+    n_labelled = sum(int((train.labels.row(i) >= 0).sum()) for batch in group for i in batch)
+    micro = []
+    for indices in group:
+        share, weight = world.share(indices), world.size
+        if len(share) == 0:
+            share, weight = indices[:1], 0
+        micro.append((collate(share, train.input_ids, pad_id, train.labels, multiple, limit, widths), weight))
+    return StepBatch(micro, n_labelled, sum(len(b) for b in group), sum(int(lengths[b].sum()) for b in group))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """An epoch's optimizer steps as a dataset of StepBatch, for a DataLoader to collate ahead."""
+
+    def __init__(self, groups, collate_one):
+        self.groups, self.collate_one = groups, collate_one
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __getitem__(self, k):
+        return self.collate_one(self.groups[k])
+
+
+def _as_is(step):
+    return step
+
+
+def step_loader(groups, collate_one, device):
+    """The steps of `groups` in order, collated ahead of the step that computes. On CUDA one worker process
+    collates up to PREFETCH steps ahead and DataLoader's thread pins them, so each copy to the GPU is
+    asynchronous and the GPU never waits for the host's collation. On the CPU, which computes the step
+    itself, collation stays in this process, step by step. The loader draws its base seed from a
+    generator of its own: from the global one it would shift every dropout mask after it."""
+    cuda = device.type == "cuda"
+    return torch.utils.data.DataLoader(StepBatches(groups, collate_one), batch_size=None, collate_fn=_as_is,
+                                       num_workers=1 if cuda else 0, prefetch_factor=PREFETCH if cuda else None,
+                                       pin_memory=cuda, generator=torch.Generator())
+
+
+def run_step(model, step, device, bf16, world=World()):
+    """One optimizer step's forward/backward over `step` (a StepBatch of grad-accumulation micro-batches).
 
     The loss is summed over labelled tokens and divided by their total count in the whole step, so
-    every labelled token weighs the same however the step is split into micro-batches.
+    every labelled token weighs the same however the step is split into micro-batches or processes.
+    DDP averages gradients over processes, so each share's loss is scaled by their number to make that
+    average the sum; the gradients are all-reduced once, on the last micro-batch (no_sync on the others).
 
-    With several processes, each one runs its share of every micro-batch (World.share) and the loss
-    is still divided by the labelled tokens of the whole step, counted here from the step's indices,
-    which every process holds: the same number an all-reduce would give, without one. DDP averages
-    gradients over processes, so each share's loss is scaled by their number to make that average the
-    sum; the gradients are all-reduced once, on the last micro-batch (no_sync on the others).
-
-    Returns (loss, sentences, sub-tokens): this process's part of the step's loss as a 0-dim float64
-    tensor on `device` (reading it is a host sync that would make the CPU wait for the GPU, so fit
-    reads it only when it logs, summed over processes), and the step's sentences and sub-tokens.
+    Returns this process's part of the step's loss as a 0-dim float64 tensor on `device`: reading it is
+    a host sync that would make the CPU wait for the GPU, so fit reads it only when it logs.
     """
-    n_tokens = sum(int((train.labels.row(i) >= 0).sum()) for batch in group for i in batch)
-    config = getattr(model, "module", model).config  # under DDP the model is its .module
-    multiple, limit = pad_multiple(device), getattr(config, "max_position_embeddings", None)
     # float64, the precision of the Python float this used to be summed in: the logged loss is unchanged
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for k, indices in enumerate(group):
-        share, weight = world.share(indices), world.size
-        if len(share) == 0:  # every process must join each gradient sync: one window, weighted 0
-            share, weight = indices[:1], 0
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(
-            share, train.input_ids, pad_id, train.labels, multiple, limit).items()}
+    for k, (host_batch, weight) in enumerate(step.micro):
+        batch = {name: t.to(device, non_blocking=True) for name, t in host_batch.items()}  # async from pinned memory
         labels = batch.pop("labels")
-        with world.no_sync(model, last=k == len(group) - 1):
+        with world.no_sync(model, last=k == len(step.micro) - 1):
             with autocast(device, bf16):
                 logits = model(**batch).logits  # (batch, seq_len, num_labels)
             loss = torch.nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / max(n_tokens, 1)
+                logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                reduction="sum") / max(step.n_labelled, 1)
             (loss if weight == 1 else loss * weight).backward()
         if weight:
             total += loss.detach().double()
-    return total, sum(len(b) for b in group), sum(int(lengths[b].sum()) for b in group)
+    return total
+
+
+def train_step(model, group, train, lengths, pad_id, device, bf16, world=World(), widths=()):
+    """collate_step then run_step, in one call: (loss tensor, sentences, sub-tokens) of the step `group`."""
+    config = getattr(model, "module", model).config  # under DDP the model is its .module
+    step = collate_step(group, train, lengths, pad_id, pad_multiple(device),
+                        getattr(config, "max_position_embeddings", None), world, widths)
+    return run_step(model, step, device, bf16, world), step.sentences, step.subtokens
 
 
 def synchronize(device):
-    """Wait for the GPU's queued work before reading the clock: CUDA runs asynchronously, and without
-    this a step's time would be the time to launch its kernels. Nothing to wait for elsewhere."""
+    """Wait for the GPU's queued work: CUDA runs asynchronously. Nothing to wait for elsewhere."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class StepClock:
+    """The seconds of the optimizer steps. On the CPU, the wall clock around each step. On CUDA, a pair of
+    events per step recorded on the stream, which costs the host nothing; their times are read (which
+    waits for the last of them) only by `collect`, when the loss is logged, which waits for the GPU anyway."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.pending = []  # CUDA: (start, end) event pairs not yet read
+
+    def start(self):
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self):
+        """Seconds of the step just ended where they are known at once (CPU); 0.0 on CUDA, for collect."""
+        if not self.cuda:
+            return time.perf_counter() - self._start
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self.pending.append((self._start, end))
+        return 0.0
+
+    def collect(self):
+        """Seconds of the CUDA steps not read yet (0.0 on the CPU)."""
+        if not self.pending:
+            return 0.0
+        self.pending[-1][1].synchronize()
+        seconds = sum(start.elapsed_time(end) for start, end in self.pending) / 1000  # elapsed_time: ms
+        self.pending.clear()
+        return seconds
 
 
 def fit(model, train, run):
@@ -207,37 +300,45 @@ def fit(model, train, run):
     trained = world.wrap(model)  # DDP (after the resume: it starts every process from the main's weights)
     eval_every = cfg.eval_every_steps or steps_per_epoch
     lengths = train.input_ids.lengths()
+    multiple, limit = pad_multiple(run.device), getattr(model.config, "max_position_embeddings", None)
+
+    def collate_one(group):
+        return collate_step(group, train, lengths, run.pad_id, multiple, limit, world, tuple(cfg.static_widths))
+
+    clock = StepClock(run.device)
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not run.is_main_process)
     with StopRequest() as stop:
         while state.epoch < cfg.epochs and not _finished(state, total_steps):
             batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
             groups = [batches[i:i + cfg.grad_accum_steps] for i in range(0, len(batches), cfg.grad_accum_steps)]
+            steps = iter(step_loader(groups[state.step_in_epoch:], collate_one, run.device))
             while state.step_in_epoch < len(groups) and not _finished(state, total_steps):
                 model.train()
-                synchronize(run.device)
-                started = time.perf_counter()
-                loss, n_sentences, n_tokens = train_step(trained, groups[state.step_in_epoch], train, lengths,
-                                                         run.pad_id, run.device, run.bf16, world)
+                clock.start()
+                step = next(steps)  # collated ahead on CUDA; here, on the CPU
+                loss = run_step(trained, step, run.device, run.bf16, world)
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                synchronize(run.device)
-                state.train_seconds += time.perf_counter() - started
+                state.train_seconds += clock.stop()
                 state.step += 1
                 state.step_in_epoch += 1
-                state.sentences_seen += n_sentences
-                state.tokens_seen += n_tokens
+                state.sentences_seen += step.sentences
+                state.tokens_seen += step.subtokens
                 state.loss_sum += loss  # stays on the device until _log_loss reads it
                 state.loss_steps += 1
                 end_of_epoch = state.step_in_epoch == len(groups)
                 last = end_of_epoch or state.step >= total_steps
                 progress = round(state.epoch + state.step_in_epoch / len(groups), 4)  # fractional epoch
-                if state.step % run.log_every == 0 or last:
-                    _log_loss(state, progress, scheduler.get_last_lr()[0], run)
+                logs = state.step % run.log_every == 0 or last
+                if logs:
+                    _log_loss(state, progress, scheduler.get_last_lr()[0], run)  # waits for the device
+                    state.train_seconds += clock.collect()
                 if state.step % eval_every == 0 or last:
+                    state.train_seconds += clock.collect()
                     _evaluate(model, state, progress, run, warmup_steps)
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}" if state.history else "-",
@@ -246,8 +347,11 @@ def fit(model, train, run):
                 if end_of_epoch:
                     state.epoch += 1
                     state.step_in_epoch = 0
-                stop_now = world.any(stop.requested)  # a signal to any process stops all of them
+                # A signal to any process stops all of them. One process asks itself every step; several
+                # vote (an all-reduce, read back) only at the steps whose loss is logged, which wait anyway.
+                stop_now = world.any(stop.requested) if logs or not world.distributed else False
                 if stop_now or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
+                    state.train_seconds += clock.collect()
                     _save_checkpoint(model, optimizer, scheduler, state, run)
                     saved_at = state.step
                 if stop_now:
@@ -256,6 +360,7 @@ def fit(model, train, run):
                                       "resumes on the next `dvc repro`")
                 if end_of_epoch:
                     break
+    state.train_seconds += clock.collect()
     bar.close()
     state.optimizer_state_bytes = sum(t.numel() * t.element_size() for per_param in optimizer.state.values()
                                       for t in per_param.values() if torch.is_tensor(t))
@@ -319,6 +424,8 @@ def _evaluate(model, state, epoch, run, warmup_steps=0):
                             "dev_recall": scores["recall"]})
     _on_main(run, run.log_metrics, {"dev_f1": scores["f1"], "dev_precision": scores["precision"],
                                     "dev_recall": scores["recall"]}, state.step)
+    if run.target_dev_f1 and scores["f1"] >= run.target_dev_f1:  # time-to-accuracy: the target is reached
+        state.stopped_early = True
     if scores["f1"] > state.best_dev_f1:
         state.best_dev_f1, state.best_step, state.evals_since_best = scores["f1"], state.step, 0
         _on_main(run, run.checkpoints.save_best, model)

@@ -226,7 +226,7 @@ def test_params_problems_are_all_in_one_message(tmp_path):
                    "  - train.epoch: unknown key; did you mean train.epochs? (valid keys: train.epochs, "
                    "train.max_steps, train.batch_size, train.grad_accum_steps, train.weight_decay, "
                    "train.warmup_ratio, train.dropout, train.max_grad_norm, train.seed, train.method, train.top_layers, "
-                   "train.lora, train.adapter, train.prompt, train.eval_every_steps, train.patience, train.checkpoint_every, train.bf16, train.processes)\n"
+                   "train.lora, train.adapter, train.prompt, train.eval_every_steps, train.patience, train.checkpoint_every, train.bf16, train.static_widths, train.processes)\n"
                    "  - train.dropout: expected a number, got 'high'\n"
                    "  - lr: must be > 0, got 0.0\n"
                    "  - train.batch_size: must be >= 1, got 0\n")

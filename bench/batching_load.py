@@ -19,13 +19,14 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import requests
 
 from bench import inputs
-from bench.serving import raw_texts, serve_batched, serve_model
+from nerpipe.predict.server_process import raw_texts, serve_batched, serve_model
 
 DOCUMENT_SENTENCES = 50
 DOCUMENT_EVERY = 10  # every 10th request of the mixed pattern is a document
@@ -46,7 +47,7 @@ def run_row(url, sentences, clients, max_requests, seconds, mixed=False, offset=
     counter, lock, records = itertools.count(), threading.Lock(), []
     deadline = time.monotonic() + seconds
 
-    def client():
+    def client(_):
         with requests.Session() as session:
             while time.monotonic() < deadline:
                 with lock:
@@ -62,12 +63,9 @@ def run_row(url, sentences, clients, max_requests, seconds, mixed=False, offset=
                     status, answer = 0, None
                 records.append((time.perf_counter() - started, n, status, texts, answer))
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(clients) as pool:  # list(): a client's exception is raised here
+        list(pool.map(client, range(clients)))
     return records, time.perf_counter() - started
 
 

@@ -30,6 +30,14 @@ def module_file(name):
     return None
 
 
+def top_level_imports(path):
+    """The first part of every absolute module name `path` imports, at any depth of its code."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level]
+    return {name.split(".")[0] for name in names}
+
+
 def imported_modules(path):
     """Every nerpipe module `path` imports, at any depth of its code, as dotted names."""
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -132,10 +140,13 @@ def test_only_training_imports_the_training_loop():
 
 def test_the_library_never_imports_stages_or_bench():
     for path in PACKAGE.rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-        assert not [n for n in names if n.split(".")[0] in ("stages", "bench", "tests")], path
+        assert not top_level_imports(path) & {"stages", "bench", "tests"}, path
+
+
+def test_only_the_harness_tests_import_bench():
+    """bench/ holds benchmarks; what the tests need of it lives beside them or in the library (issue 24)."""
+    importers = [p.name for p in sorted(PROJECT.glob("tests/*.py")) if "bench" in top_level_imports(p)]
+    assert importers == ["test_bench.py"]
 
 
 def test_a_change_to_the_download_code_does_not_rerun_the_model_stages():

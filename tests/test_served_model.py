@@ -1,6 +1,6 @@
 """The MLflow model the train stage logs (nerpipe/predict/pyfunc_model.py): it answers with entities, loads
 where nerpipe is not installed, and gives the same entities as `nerpipe predict` in process, from
-mlflow.pyfunc and from `mlflow models serve`, which also holds a small version of bench/load.py's test.
+mlflow.pyfunc and from `mlflow models serve`, which also holds a small run of tests/load_check.py's load check.
 
 The model is the keyword model of tests/test_predict.py (a token's label depends on that token alone), logged
 by nerpipe.track.trained_model._log_model into a SQLite store of the test's own.
@@ -18,10 +18,10 @@ import requests
 import yaml
 from transformers import AutoModelForTokenClassification
 
-from bench.load import load_test
 from nerpipe.cli import main
 from nerpipe.predict.server_process import raw_texts, serve_model
 from nerpipe.track.trained_model import _log_model
+from tests.load_check import load_test
 from tests.test_predict import build_keyword_model
 
 # Offsets are code points: 😀 is one (two in UTF-16), é written with a combining accent two.
@@ -173,7 +173,7 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(server):
 
 
 def test_small_load_test(tracking, server, fixture_dir):
-    """bench/load.py's test, small: 3 clients, 40 requests of every kind (a 5,000-word document included)."""
+    """tests/load_check.py's load check, small: 3 clients, 40 requests of every kind (a 5,000-word document included)."""
     summary = load_test(server.url, tracking, raw_texts(fixture_dir / "test.txt"), 40, clients=3,
                         process=server.process)
     assert summary["failures"] == [] and summary["server_up"]

@@ -1,32 +1,28 @@
-"""Load test of `mlflow models serve` on nerpipe's logged model: a few concurrent clients send a fixed
-number of mixed requests, then it stops. Every good request must come back 200 with exactly the entities
-`nerpipe predict` gives for the same texts (its code, run here on each request's texts together, as the
-server runs them: in bf16 a text's scores depend a little on the texts it shares a forward pass with);
-every bad one a 4xx whose message says what is wrong; and the server must still answer afterwards.
-Prints requests/s and latency percentiles, overall and per kind.
+"""The load check of a served nerpipe model, which tests/test_served_model.py runs small against `mlflow
+models serve`: a few concurrent clients send a fixed number of mixed requests (sentences, batches of 8, an
+empty text, one word, a 5,000-word document, non-Latin scripts, and three kinds of bad request). Every good
+request must come back 200 with exactly the entities `nerpipe predict` gives for the same texts (its code, run
+here on each request's texts together, as the server runs them: in bf16 a text's scores depend a little on
+the texts it shares a forward pass with); every bad one a 4xx whose message says what is wrong; and the server
+must still answer afterwards. The summary also holds requests/s and latency percentiles, overall and per kind.
 
-    PYTHONPATH=. MLFLOW_TRACKING_URI=sqlite:///mlflow.db .venv/bin/python -m bench.load \\
-        --model runs:/<run_id>/model --clients 4 --requests 400 --out bench/results/load.json
+    summary = load_test(server.url, model_uri, raw_texts(conll_dir / "test.txt"), n=40, clients=3)
+    assert summary["failures"] == [] and summary["server_up"]
 
-The server is started (and stopped) here unless --url names one already running; sentences are the CoNLL
-test split as raw text (--data, as for bench/run_benchmark.py). Exit status 1 if any check failed.
+Speed under load is measured by bench/batching_load.py. This module was bench/load.py until commit b421afc,
+whose command-line version measured the rows in BENCHMARKS.md's "Inference" section.
 """
 
 import argparse
 import json
 import random
-import sys
-import threading
 import time
 from collections import Counter
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 import requests
-
-from bench import inputs
-from bench.serving import NerpipeTagger, raw_texts, serve_model
 
 DOCUMENT_WORDS = 5000
 NON_LATIN = [
@@ -112,12 +108,9 @@ def run_load(url, reqs, clients, timeout=300):
                     body = text
                 outcomes[i] = Outcome(status, body, seconds)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(clients) as pool:  # list(): a client's exception is raised here
+        list(pool.map(client, range(clients)))
     return outcomes, time.perf_counter() - started
 
 
@@ -152,6 +145,31 @@ def summarize(reqs, outcomes, seconds, clients):
             "statuses": dict(Counter(str(o.status) for o in outcomes)), "by_kind": by_kind}
 
 
+class NerpipeTagger:
+    """`nerpipe predict --model MODEL`'s code in process, the model loaded once: called with a list of texts,
+    the entities the command prints for them given together (one --input file), bit for bit."""
+
+    def __init__(self, model):
+        from nerpipe.predict.command import add_arguments, batch_size, model_settings
+        from nerpipe.predict.model_source import load_trained_model
+        from nerpipe.predict.text import ready_to_tag
+
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        args = parser.parse_args(["--model", str(model)])
+        self.model, self.tokenizer, description = load_trained_model(args.model)
+        self.settings, self.batch_size = model_settings(args, description, args.model), batch_size(args)
+        self.device, self.bf16 = ready_to_tag(self.model, self.tokenizer, args.model, self.settings["bf16"])
+
+    def __call__(self, texts):
+        from nerpipe.predict.output import entity_records
+        from nerpipe.predict.text import predict_lines
+
+        return [entity_records(p) for p in predict_lines(
+            self.model, self.tokenizer, texts, self.settings["max_length"], self.settings["window_overlap"],
+            self.batch_size, self.device, self.bf16, context=self.settings["context"])]
+
+
 def expected_answers(model, reqs):
     """{request body: what nerpipe predict gives for its texts, given together as the server gets them}."""
     tagger = NerpipeTagger(model)
@@ -171,47 +189,3 @@ def load_test(url, model, sentences, n, clients, seed=0, process=None):
         answers = False
     summary["server_up"] = answers and (process is None or process.poll() is None)
     return summary
-
-
-def markdown(summary):
-    lines = [f"{summary['requests']} requests from {summary['clients']} clients in {summary['seconds']:.1f} s: "
-             f"**{summary['requests_per_s']:.1f} requests/s** ({summary['texts_per_s']:.1f} texts/s), "
-             f"p50 {summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms; statuses {summary['statuses']}; "
-             f"{len(summary['failures'])} failed checks; server up afterwards: {summary['server_up']}", "",
-             "| kind | requests | p50 (ms) | p99 (ms) | max (ms) |", "|---|---:|---:|---:|---:|"]
-    for kind, row in summary["by_kind"].items():
-        lines.append(f"| {kind} | {row['requests']} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} "
-                     f"| {row['max_ms']:.0f} |")
-    return "\n".join(lines)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="MLflow model URI or local MLflow model directory")
-    parser.add_argument("--data", help="CoNLL-2003 directory (test.txt is used; default: bench/inputs.py)")
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--url", help="a server already running (default: start one on 127.0.0.1)")
-    parser.add_argument("--out", type=Path, help="write the summary here as JSON")
-    args = parser.parse_args(argv)
-    sentences = raw_texts(inputs.data_dir(args.data) / "test.txt")
-    if args.url:
-        summary = load_test(args.url, args.model, sentences, args.requests, args.clients, args.seed)
-    else:
-        log = (args.out.with_suffix(".serve.log") if args.out else Path("serve.log"))
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with serve_model(args.model, log) as server:
-            summary = load_test(server.url, args.model, sentences, args.requests, args.clients, args.seed,
-                                server.process)
-    print(markdown(summary))
-    for failure in summary["failures"][:20]:
-        print("FAILED", failure)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    return 0 if not summary["failures"] and summary["server_up"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -50,6 +50,7 @@ during the run; treat such a row's speed as a lower bound.
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -387,14 +388,14 @@ def target_lines(runs, medians_):
     done = [r for r in runs if "error" not in r and r.get("target_f1")]
     if not done:
         return []
-    head = ["trainer", "precision", "rep", "target dev F1", "reached at step", "time to target s",
+    head = ["trainer", "precision", "seed", "rep", "target dev F1", "reached at step", "time to target s",
             "of which dev eval s", "dev evals", "train s (steps)", "sent/s", "best dev F1"]
     rows = []
     for r in done:
         at = r["target_step"]
         before = [e for e in r["dev_evals"] if at is None or e["step"] <= at]
-        rows.append([r["spec"]["trainer"], "bf16" if r["bf16"] else "fp32", str(r["spec"]["repeat"]),
-                     _fmt(100 * r["target_f1"], 2), str(at) if at else "not reached",
+        rows.append([r["spec"]["trainer"], "bf16" if r["bf16"] else "fp32", str(r["spec"].get("seed")),
+                     str(r["spec"]["repeat"]), _fmt(100 * r["target_f1"], 2), str(at) if at else "not reached",
                      _fmt(r["time_to_target_seconds"], 1), _fmt(r["dev_eval_seconds_in_training"], 1),
                      str(len(before)), _fmt(r["train_seconds"], 1), _fmt(r["train_sentences_per_second"], 1),
                      _fmt(100 * max(e["dev_f1"] for e in r["dev_evals"]), 2) if r["dev_evals"] else "-"])
@@ -410,6 +411,58 @@ def target_lines(runs, medians_):
             else:
                 lines.append(f"- {other['trainer']} did not reach the target in every run")
     return lines + [""]
+
+
+def sign_test(wins, losses):
+    """Two-sided exact sign test: the probability, were both sides equally likely to come first, of a split at
+    least as uneven as wins:losses (ties left out)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(max(wins, losses), n + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def seed_lines(runs):
+    """With runs at more than one seed and a target: per seed, each trainer's median time to the target against
+    nerpipe's, and whether nerpipe coming first is more than chance (a sign test over the seeds). The batch
+    order, and so the step at which the target is reached, is one draw per seed; repeats only re-time it."""
+    done = [r for r in runs if "error" not in r and r.get("target_f1")]
+    seeds = sorted({r["spec"]["seed"] for r in done})
+    if len(seeds) < 2:
+        return []
+
+    def at(trainer, seed, threads):
+        rs = [r for r in done if (r["spec"]["trainer"], r["spec"]["seed"], r["config"]["threads"]) == (trainer, seed, threads)]
+        if not rs or not all(r.get("time_to_target_seconds") for r in rs):
+            return None
+        return {"step": rs[0]["target_step"], "seconds": statistics.median(r["time_to_target_seconds"] for r in rs),
+                "runs": len(rs)}
+
+    lines = []
+    pairs = sorted({(r["spec"]["trainer"], r["config"]["threads"]) for r in done if r["spec"]["trainer"] != "nerpipe"})
+    for other, threads in pairs:
+        rows, ratios = [], []
+        for seed in seeds:
+            mine, theirs = at("nerpipe", seed, threads), at(other, seed, threads)
+            if mine and theirs:
+                ratios.append(theirs["seconds"] / mine["seconds"])
+            rows.append([str(seed), *(f"{x['step']}, {x['seconds']:.1f} s ({x['runs']} run{'s' * (x['runs'] > 1)})"
+                                      if x else "not reached" for x in (mine, theirs)),
+                         f"{ratios[-1]:.2f}x" if mine and theirs else "-"])
+        wins, losses = sum(r > 1 for r in ratios), sum(r < 1 for r in ratios)
+        p = sign_test(wins, losses)
+        lines += [f"Time to target by seed, {other} against nerpipe ({threads} threads):", "",
+                  markdown_table(rows, ["seed", "nerpipe: step, time to target", f"{other}: step, time to target",
+                                        f"{other} / nerpipe"]), ""]
+        if ratios:
+            geomean = math.exp(statistics.fmean(math.log(r) for r in ratios))
+            verdict = "significant" if p < 0.05 else "not significant"
+            lines.append(f"- nerpipe reached the target first at {wins} of {len(ratios)} seeds ({losses} the other way); "
+                         f"two-sided sign test p = {p:.3g}, {verdict} at 0.05; geometric mean of the ratios "
+                         f"{geomean:.2f}x")
+        lines.append("")
+    return lines
 
 
 def environment(device="cpu"):
@@ -448,15 +501,16 @@ def write_report(report, out):
     print()
     print(plain_table(rows, head))
     print("\n".join(["", *ratio_lines(report["medians"])]))
-    target_md = target_lines(runs, report["medians"])
+    target_md = target_lines(runs, report["medians"]) + seed_lines(runs)
     if target_md:
         print("\n".join(["", *target_md]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     env, spec = report["environment"], (runs[0]["spec"] if runs else {})
+    seeds = [str(seed) for seed in dict.fromkeys(r["spec"].get("seed") for r in runs)]
     md = [f"# Benchmark {env['date']}", "",
           f"- training sentences: {spec.get('train_sentences') or 'all'}, epochs {spec.get('epochs')}, batch size "
-          f"{spec.get('batch_size')}, lr {spec.get('lr')}, seed {spec.get('seed')}, warmup ratio "
+          f"{spec.get('batch_size')}, lr {spec.get('lr')}, seed {', '.join(seeds)}, warmup ratio "
           f"{spec.get('warmup_ratio')}, weight decay {spec.get('weight_decay')}, eval batch size "
           f"{spec.get('eval_batch_size')}",
           f"- {env['cpu']}, {env['cores']} cores; torch {env['torch']}, transformers {env['transformers']}",
@@ -512,6 +566,9 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="several seeds, each with --repeats runs per trainer (instead of --seed); with "
+                             "--target-f1 the report compares the time to target seed by seed, with a sign test")
     parser.add_argument("--warmup-ratio", type=float, default=0.0)
     parser.add_argument("--weight-decay", type=float, default=0.0, help="0.0: the Trainer's and run_ner's default")
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -572,6 +629,15 @@ def measure_matmul(threads_list, device="cpu"):
     return rows
 
 
+def schedule(trainers, seeds, repeats, threads_list):
+    """The runs, in order: (trainer, threads, seed, repeat). Each seed gets `repeats` rounds; every other round
+    runs the trainers in reverse order, so that a slow drift of the machine's speed does not favour whoever
+    runs first."""
+    rounds = [(seed, repeat) for seed in seeds for repeat in range(repeats)]
+    return [(trainer, threads, seed, repeat) for turn, (seed, repeat) in enumerate(rounds) for threads in threads_list
+            for trainer in (trainers if turn % 2 == 0 else trainers[::-1])]
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
@@ -604,26 +670,22 @@ def main(argv=None):
         report["matmul"] = measure_matmul(args.threads, args.device)
 
     runs = []
-    for repeat in range(args.repeats):
-        for threads in args.threads:
-            # every other repeat in reverse order, so that a slow drift of the machine's speed does not
-            # favour whoever runs first
-            for trainer in (trainers if repeat % 2 == 0 else trainers[::-1]):
-                spec = {"trainer": trainer, "threads": threads, "repeat": repeat, "data": data_dir,
-                        "model": model_dir, "train_sentences": train_sentences,
-                        "eval_sentences": args.eval_sentences, "epochs": args.epochs, "batch_size": args.batch_size,
-                        "lr": args.lr, "seed": args.seed, "warmup_ratio": args.warmup_ratio,
-                        "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
-                        "eval_batch_size": args.eval_batch_size, "eval_splits": eval_splits,
-                        "device": args.device, "eval_every": args.eval_every, "target_f1": args.target_f1}
-                print(f"run {trainer} threads={threads} repeat={repeat} ...", flush=True)
-                result = run_in_subprocess(spec, args.timeout)
-                runs.append(result)
-                if "error" in result:
-                    print(f"  ERROR: {result['error']}", flush=True)
-                else:
-                    print(f"  {result['train_seconds']} s, {result['train_sentences_per_second']} sent/s, "
-                          f"{result['train_subtokens_per_second']} subtok/s, F1 {result['f1']}", flush=True)
+    for trainer, threads, seed, repeat in schedule(trainers, args.seeds or [args.seed], args.repeats, args.threads):
+        spec = {"trainer": trainer, "threads": threads, "repeat": repeat, "data": data_dir,
+                "model": model_dir, "train_sentences": train_sentences,
+                "eval_sentences": args.eval_sentences, "epochs": args.epochs, "batch_size": args.batch_size,
+                "lr": args.lr, "seed": seed, "warmup_ratio": args.warmup_ratio,
+                "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
+                "eval_batch_size": args.eval_batch_size, "eval_splits": eval_splits,
+                "device": args.device, "eval_every": args.eval_every, "target_f1": args.target_f1}
+        print(f"run {trainer} threads={threads} seed={seed} repeat={repeat} ...", flush=True)
+        result = run_in_subprocess(spec, args.timeout)
+        runs.append(result)
+        if "error" in result:
+            print(f"  ERROR: {result['error']}", flush=True)
+        else:
+            print(f"  {result['train_seconds']} s, {result['train_sentences_per_second']} sent/s, "
+                  f"{result['train_subtokens_per_second']} subtok/s, F1 {result['f1']}", flush=True)
     report["runs"] = runs
     report["environment"]["loadavg_end"] = os.getloadavg()
     write_report(report, args.out)

@@ -235,21 +235,60 @@ def test_both_trainers_evaluate_dev_at_the_same_steps_and_stop_at_the_target(tin
         assert r.time_to_target_seconds == r.dev_evals[-1]["seconds"] > 0, name
 
 
-def test_the_report_gives_time_to_accuracy_and_its_ratio(results, tmp_path):
-    runs = []
-    for trainer, key, seconds in (("hf-group", "hf", 30.0), ("nerpipe", "nerpipe", 20.0)):
-        run = results[key].to_json()
-        run.update(spec={"trainer": trainer, "threads": 2, "repeat": 0, "device": "cpu", "train_sentences": 10,
-                         "epochs": 2}, target_f1=0.5, time_to_target_seconds=seconds, target_step=4,
-                   dev_evals=[{"step": 2, "dev_f1": 0.3, "seconds": 1.0}, {"step": 4, "dev_f1": 0.55, "seconds": 2.0}])
-        runs.append(run)
+def tta_run(results, trainer, seconds, seed=42, step=4, repeat=0):
+    """A run record of `results` with a time to target: what a --target-f1 run at `seed` returns."""
+    run = results["nerpipe" if trainer == "nerpipe" else "hf"].to_json()
+    run.update(spec={"trainer": trainer, "threads": 2, "repeat": repeat, "seed": seed, "device": "cpu",
+                     "train_sentences": 10, "epochs": 2}, target_f1=0.5, time_to_target_seconds=seconds,
+               target_step=step, dev_evals=[{"step": 2, "dev_f1": 0.3, "seconds": 1.0},
+                                            {"step": step, "dev_f1": 0.55, "seconds": 2.0}])
+    return run
+
+
+def tta_report(runs, tmp_path):
     report = {"environment": {**rb.environment("cpu"), "loadavg_end": (0.1, 0.1, 0.1)},
               "flops": {"flops_per_token": 1e9}, "runs": runs, "matmul": []}
     rb.write_report(report, tmp_path / "tta.json")
-    md = (tmp_path / "tta.md").read_text()
+    return (tmp_path / "tta.md").read_text()
+
+
+def test_the_report_gives_time_to_accuracy_and_its_ratio(results, tmp_path):
+    runs = [tta_run(results, "hf-group", 30.0), tta_run(results, "nerpipe", 20.0)]
+    md = tta_report(runs, tmp_path)
     assert "- time to target, hf-group (fp32) / nerpipe (fp32): **1.50x** (30.0 s vs 20.0 s)" in md
-    row = next(line for line in md.splitlines() if line.startswith("| nerpipe | fp32 | 0 | 50.00 |"))
-    assert row.split(" | ")[4:8] == ["4", "20.0", f"{runs[1]['dev_eval_seconds_in_training']:,.1f}", "2"]
+    row = next(line for line in md.splitlines() if line.startswith("| nerpipe | fp32 | 42 | 0 | 50.00 |"))
+    assert row.split(" | ")[5:9] == ["4", "20.0", f"{runs[1]['dev_eval_seconds_in_training']:,.1f}", "2"]
+    assert "by seed" not in md  # one seed: nothing to test across seeds
+
+
+def test_several_seeds_are_compared_seed_by_seed_with_a_sign_test(results, tmp_path):
+    runs = [tta_run(results, "nerpipe", 20.0, seed=1), tta_run(results, "hf-group", 30.0, seed=1, step=6),
+            tta_run(results, "nerpipe", 24.0, seed=2), tta_run(results, "hf-group", 22.0, seed=2),
+            tta_run(results, "nerpipe", 10.0, seed=3), tta_run(results, "nerpipe", 12.0, seed=3, repeat=1),
+            tta_run(results, "hf-group", 15.0, seed=3)]
+    md = tta_report(runs, tmp_path)
+    assert "| 1 | 4, 20.0 s (1 run) | 6, 30.0 s (1 run) | 1.50x |" in md
+    assert "| 2 | 4, 24.0 s (1 run) | 4, 22.0 s (1 run) | 0.92x |" in md
+    assert "| 3 | 4, 11.0 s (2 runs) | 4, 15.0 s (1 run) | 1.36x |" in md  # the median of seed 3's two runs
+    geomean = (1.5 * 22 / 24 * 15 / 11) ** (1 / 3)
+    assert (f"- nerpipe reached the target first at 2 of 3 seeds (1 the other way); two-sided sign test p = 1, not "
+            f"significant at 0.05; geometric mean of the ratios {geomean:.2f}x") in md
+
+
+def test_the_sign_test_is_the_exact_two_sided_binomial():
+    assert rb.sign_test(3, 0) == 0.25 and rb.sign_test(0, 3) == 0.25
+    assert rb.sign_test(5, 0) == 0.0625 and rb.sign_test(1, 1) == 1.0 and rb.sign_test(0, 0) == 1.0
+    assert abs(rb.sign_test(13, 3) - 2 * (560 + 120 + 16 + 1) / 2 ** 16) < 1e-12  # 0.0213
+
+
+def test_each_seed_gets_its_repeats_and_every_other_round_runs_in_reverse():
+    order = rb.schedule(["nerpipe", "hf-group-bf16"], seeds=[42, 1], repeats=2, threads_list=[2])
+    assert order == [("nerpipe", 2, 42, 0), ("hf-group-bf16", 2, 42, 0), ("hf-group-bf16", 2, 42, 1),
+                     ("nerpipe", 2, 42, 1), ("nerpipe", 2, 1, 0), ("hf-group-bf16", 2, 1, 0),
+                     ("hf-group-bf16", 2, 1, 1), ("nerpipe", 2, 1, 1)]
+    assert rb.schedule(["a", "b"], seeds=[1, 2, 3], repeats=1, threads_list=[1, 2]) == [
+        ("a", 1, 1, 0), ("b", 1, 1, 0), ("a", 2, 1, 0), ("b", 2, 1, 0), ("b", 1, 2, 0), ("a", 1, 2, 0),
+        ("b", 2, 2, 0), ("a", 2, 2, 0), ("a", 1, 3, 0), ("b", 1, 3, 0), ("a", 2, 3, 0), ("b", 2, 3, 0)]
 
 
 # --- bench.step_speed --------------------------------------------------------------------------------------

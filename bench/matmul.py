@@ -120,14 +120,6 @@ def cuda_summary(size=8192, min_seconds=1.0):
             measure_cuda(size, "fp32", tf32=True, min_seconds=min_seconds)]
 
 
-# Shapes the MiniLM-L6 training step runs (hidden 384, FFN 1536) for a batch of 32 x ~40 sub-tokens,
-# plus large squares and odd sizes.
-SWEEP_SHAPES = [(2048, 2048, 2048), (2000, 2000, 2000), (1001, 999, 1003),
-                (1280, 384, 384), (1280, 384, 1536), (1280, 1536, 384), (384, 1280, 1536), (128, 384, 384),
-                (1280, 384, 9), (9, 1280, 384), (1280, 9, 384),  # the classifier head and its gradients
-                (1, 4096, 4096), (4096, 4096, 1), (16, 4096, 4096)]  # skinny: matrix-vector-like
-
-
 def cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:

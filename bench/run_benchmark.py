@@ -382,10 +382,15 @@ def ratio_lines(medians_):
     return lines
 
 
+def target_runs(runs):
+    """The runs that finished with a target F1 set."""
+    return [r for r in runs if "error" not in r and r.get("target_f1")]
+
+
 def target_lines(runs, medians_):
     """With --target-f1: each run's time to the target (dev evaluations included), then nerpipe's median
     against each other trainer's. Empty without a target."""
-    done = [r for r in runs if "error" not in r and r.get("target_f1")]
+    done = target_runs(runs)
     if not done:
         return []
     head = ["trainer", "precision", "seed", "rep", "target dev F1", "reached at step", "time to target s",
@@ -427,7 +432,7 @@ def seed_lines(runs):
     """With runs at more than one seed and a target: per seed, each trainer's median time to the target against
     nerpipe's, and whether nerpipe coming first is more than chance (a sign test over the seeds). The batch
     order, and so the step at which the target is reached, is one draw per seed; repeats only re-time it."""
-    done = [r for r in runs if "error" not in r and r.get("target_f1")]
+    done = target_runs(runs)
     seeds = sorted({r["spec"]["seed"] for r in done})
     if len(seeds) < 2:
         return []

@@ -651,12 +651,12 @@ def _running_mlflow(directory, state):
                            f"another process (which gets no password): make tracking-server DIR={directory}")
 
 
-def _mlflow_call(state, method, path, payload, auth=None):
+def _mlflow_call(state, method, path, payload=None, auth=None, params=None):
     import requests
 
     admin = state["mlflow_admin"]
-    response = requests.request(method, f"{urls(state)['mlflow']}/api/{path}", json=payload, timeout=30,
-                                auth=auth or (admin["username"], admin["password"]))
+    response = requests.request(method, f"{urls(state)['mlflow']}/api/{path}", json=payload, params=params,
+                                timeout=30, auth=auth or (admin["username"], admin["password"]))
     if response.status_code != 200:
         raise ServiceError(f"MLflow refused {path}: HTTP {response.status_code} {response.text[:300]}")
     return response
@@ -680,7 +680,7 @@ def add_user(directory, name, permission):
             _mlflow_call(state, "POST", "3.0/mlflow/users/permissions/grant", {
                 "username": name, "resource_type": resource, "resource_id": "*", "permission": permission})
     # Recorded only once the server signs the new user in.
-    _mlflow_call(state, "GET", "2.0/mlflow/users/get", None, auth=(name, password))
+    _mlflow_call(state, "GET", "2.0/mlflow/experiments/search", auth=(name, password), params={"max_results": 1})
     state["users"][name] = {"password": password, "permission": permission}
     _write_state(directory, state)
     return state
@@ -740,7 +740,8 @@ def rotate(directory):
             cursor.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(fresh[key])))
     connection.close()
     _mlflow_call(state, "PATCH", "2.0/mlflow/users/update-password",
-                 {"username": ADMIN, "password": fresh["mlflow_admin"]["password"]})
+                 {"username": ADMIN, "password": fresh["mlflow_admin"]["password"],
+                  "current_password": state["mlflow_admin"]["password"]})
     state.update(fresh)
     _write_state(directory, state)  # before the restarts: the old secrets no longer open anything
     stop(directory, ["mlflow", "s3"])

@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # Every package and version of the environment, with hashes (pip-compile; docs/install.md says why not uv).
 LOCK := requirements.lock
 
-.PHONY: setup lock docs repro test bench serve serve-bench gpu-payload lint postgres pr-profile pr-report compare tracking-server tracking-server-stop tracking-user clean
+.PHONY: setup lock docs repro test bench serve serve-bench gpu-payload lint postgres nginx pr-profile pr-report compare tracking-server tracking-server-stop tracking-server-rotate tracking-user clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -78,7 +78,14 @@ postgres:
 # Two pytest workers (pytest-xdist), one torch thread each: on a 2-core machine this halves the suite's
 # time (12 min instead of 20+), where two workers of two threads each would fight over the cores. Whole
 # files go to one worker (--dist loadfile): the end-to-end files are a sequence of steps on one repository.
-test: setup lint postgres
+# nginx, for the TLS proxy recipe's test (tools/nginx-team.conf in tests/test_team_attacks.py): as postgres.
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || \
+	  echo "nginx is not installed (apt-get install nginx): the TLS proxy test will skip" >&2
+
+test: setup lint postgres nginx
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --dist loadfile
 
 # The quick speed comparison with the Hugging Face Trainer (bench/README.md); its Trainer rows need the
@@ -105,10 +112,16 @@ serve-bench: setup
 
 # A team's storage on this machine (tools/team_server.py): S3 (SeaweedFS) for the DVC remote and MLflow's
 # artifacts, PostgreSQL for MLflow's runs, and the MLflow server. Data, logs and keys go to DIR; it prints
-# MLFLOW_TRACKING_URI and the DVC remote commands. HOST=0.0.0.0 lets other machines in (default 127.0.0.1).
+# MLFLOW_TRACKING_URI and the DVC remote commands. SERVER_NAME=team.example.org: the name clients use through the
+# TLS proxy (tools/nginx-team.conf). HOST=0.0.0.0 PLAIN_HTTP=1 lets other machines in without TLS.
 tracking-server: setup
-	@if [ -z "$(DIR)" ]; then echo "usage: make tracking-server DIR=/path/to/server-data [HOST=0.0.0.0]" >&2; exit 2; fi
-	$(BIN)/python tools/team_server.py start $(DIR) $(if $(HOST),--host $(HOST))
+	@if [ -z "$(DIR)" ]; then echo "usage: make tracking-server DIR=/path/to/server-data [SERVER_NAME=team.example.org] [HOST=0.0.0.0 PLAIN_HTTP=1]" >&2; exit 2; fi
+	$(BIN)/python tools/team_server.py start $(DIR) $(if $(HOST),--host $(HOST)) $(if $(SERVER_NAME),--name $(SERVER_NAME)) $(if $(PLAIN_HTTP),--plain-http)
+
+# New S3 keys, database and admin passwords for the running services; the old ones stop working.
+tracking-server-rotate: setup
+	@if [ -z "$(DIR)" ]; then echo "usage: make tracking-server-rotate DIR=/path/to/server-data" >&2; exit 2; fi
+	$(BIN)/python tools/team_server.py rotate $(DIR)
 
 # A teammate on the running MLflow server: PERMISSION=READ (sees), EDIT (also logs runs) or MANAGE.
 tracking-user: setup

@@ -415,10 +415,12 @@ def test_metrics_held_by_a_stopped_training_are_sent_when_it_resumes(team, tmp_p
 def test_no_secret_on_a_command_line_or_in_a_log(teammates, team):
     """After the whole pipeline, two clones and server restarts, while the servers run."""
     state, directory = team["state"], team["dir"]
-    secrets = {"postgres": state["postgres_password"], "mlflow admin": state["mlflow_admin"]["password"],
-               "flask": state["flask_secret_key"], **{f"s3 {k}": v["secret_key"] for k, v in state["s3"].items()},
+    secrets = {"postgres": state["postgres_password"], "postgres superuser": state["postgres_superuser_password"],
+               "mlflow admin": state["mlflow_admin"]["password"], "flask": state["flask_secret_key"],
+               **{f"s3 {k}": v["secret_key"] for k, v in state["s3"].items()},
+               **{f"seaweedfs {k}": v for k, v in state["weed_jwt"].items()},
                **{f"user {k}": v["password"] for k, v in state["users"].items()}}
-    pids = [json.loads((directory / team_server.STATE).read_text())["pids"][n] for n in ("s3", "mlflow")]
+    pids = [json.loads((directory / team_server.STATE).read_text())["pids"][n]["pid"] for n in ("s3", "mlflow")]
     assert all(Path(f"/proc/{pid}").exists() for pid in pids)
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):

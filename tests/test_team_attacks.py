@@ -268,17 +268,28 @@ def test_a_damaged_or_missing_state_file_is_never_regenerated(team):
 # 6. A READ user writes under another user's run -----------------------------------------------------
 
 def test_a_read_user_gets_no_upload_url_for_another_users_run(team):
+    """The READ user's own experiment, its artifact location inside the editor's run: presigned upload
+    URLs for the READ user's own run there would be signed with the server's S3 key, which may write
+    anywhere in s3://mlflow. Refused twice: no such location, and no presigned or multipart uploads."""
     experiment, run_id = editors_run(team)
+    inside = api(team, "POST", "api/2.0/mlflow/experiments/create", "reader",
+                 json={"name": "inside", "artifact_location": f"s3://mlflow/{experiment}/{run_id}/artifacts"})
+    assert inside.status_code == 403, inside.text
+    own = api(team, "POST", "api/2.0/mlflow/experiments/create", "reader", json={"name": "readers-own"}).json()
+    own_run = api(team, "POST", "api/2.0/mlflow/runs/create", "reader", json=own).json()["run"]["info"]["run_id"]
     asked = {
-        "presigned": api(team, "POST", "api/2.0/mlflow/artifacts/presigned-upload-url", "reader",
-                         json={"run_id": run_id, "path": "model/MLmodel"}),
+        "own run": api(team, "POST", "api/2.0/mlflow/artifacts/presigned-upload-url", "reader",
+                       json={"run_id": own_run, "path": "MLmodel"}),
+        "editor's run": api(team, "POST", "api/2.0/mlflow/artifacts/presigned-upload-url", "reader",
+                            json={"run_id": run_id, "path": "MLmodel"}),
         "multipart": api(team, "POST", f"api/2.0/mlflow-artifacts/mpu/create/{experiment}/{run_id}/artifacts/MLmodel",
                          "reader", json={"path": "MLmodel", "num_parts": 1}),
+        "editor, own run": api(team, "POST", "api/2.0/mlflow/artifacts/presigned-upload-url", "editor",
+                               json={"run_id": run_id, "path": "x"}),
     }
-    assert {name: answer.status_code for name, answer in asked.items()} == {"presigned": 403, "multipart": 403}
-    # Switched off for everyone (docs/team.md): the editor, too, uploads through the proxy, which checks EDIT.
-    assert api(team, "POST", "api/2.0/mlflow/artifacts/presigned-upload-url", "editor",
-               json={"run_id": run_id, "path": "x"}).status_code == 403
+    assert {name: answer.status_code for name, answer in asked.items()} == dict.fromkeys(asked, 403)
+    assert "switched off" in asked["own run"].text
+    # Uploads go through the proxy, which checks EDIT on the run's experiment.
     path = f"api/2.0/mlflow-artifacts/artifacts/{experiment}/{run_id}/artifacts/note.txt"
     assert api(team, "PUT", path, "reader", data=b"evil").status_code == 403
     assert api(team, "PUT", path, "editor", data=b"fine").status_code == 200

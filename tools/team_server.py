@@ -22,7 +22,7 @@ Only the team gets in, and the host's other users get nothing:
   take no plain HTTP, check a JWT on every read and write, and speak gRPC only with mutual TLS;
 - MLflow's database role owns its database and nothing more (no superuser, no CREATEROLE);
 - no password goes to a port before the process start() started is seen holding it (its PID and start
-  time, SERVICES_PORTS); secrets reach the servers through their environment or 0600 files, never their
+  time); secrets reach the servers through their environment or 0600 files, never their
   command lines.
 
 The tests start the same services in-process (tests/test_team_storage.py, tests/test_team_attacks.py).

@@ -187,7 +187,8 @@ def test_no_password_goes_to_a_stranger_holding_the_port(team):
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert fake.stdout.readline().strip() == "LISTENING"
-        with pytest.raises(team_server.ServiceError, match=rf"mlflow cannot start: port {port} is taken .*logs/mlflow.log"):
+        taken = rf"mlflow cannot start: port {port} is taken .*logs/mlflow.log"
+        with pytest.raises(team_server.ServiceError, match=taken):
             team_server.start(team)
         with pytest.raises(team_server.ServiceError, match=f"port {port} is held by another process"):
             team_server.add_user(team, "mallory", "EDIT")
@@ -304,8 +305,8 @@ def test_logs_are_private(team):
     files = [*logs.iterdir(), team / "postgres" / "postgres.log"]
     assert {f.name for f in files} >= {"mlflow.log", "s3.log", "postgres.log"}
     assert {f.name: f.stat().st_mode & 0o777 for f in files} == {f.name: 0o600 for f in files}
-    read = as_nobody("import sys\nfor p in sys.argv[1:]:\n  try: open(p).read(); print('READ', p)\n  except OSError as e: "
-                     "print(type(e).__name__)", *files)
+    read = as_nobody("import sys\nfor p in sys.argv[1:]:\n  try: open(p).read(); print('READ', p)\n"
+                     "  except OSError as e: print(type(e).__name__)", *files)
     assert "READ" not in read.stdout and read.stdout.split() == ["PermissionError"] * len(files)
 
 
@@ -335,7 +336,8 @@ def nginx_config(server, directory):
     mlflow_tls, s3_tls = team_server.free_port(), team_server.free_port()
     recipe = (Path(team_server.TOOLS) / "nginx-team.conf").read_text()
     for old, new in (("listen 5443", f"listen 127.0.0.1:{mlflow_tls}"), ("listen 8443", f"listen 127.0.0.1:{s3_tls}"),
-                     ("127.0.0.1:5000", f"127.0.0.1:{found['mlflow_port']}"), ("127.0.0.1:8333", f"127.0.0.1:{found['s3_port']}"),
+                     ("127.0.0.1:5000", f"127.0.0.1:{found['mlflow_port']}"),
+                     ("127.0.0.1:8333", f"127.0.0.1:{found['s3_port']}"),
                      ("/etc/nginx/tls/team.crt", str(directory / "team.crt")),
                      ("/etc/nginx/tls/team.key", str(directory / "team.key"))):
         assert old in recipe, old
@@ -348,6 +350,7 @@ def nginx_config(server, directory):
     return mlflow_tls, s3_tls
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # self-signed, for NAME
 def test_the_tls_proxy_recipe_serves_a_browser_and_s3(team, tmp_path):
     """nginx with tools/nginx-team.conf: a browser's write (Host and Origin the server's name) and an S3
     client's signed request pass; basic auth never travels in clear."""
@@ -400,8 +403,8 @@ def test_rotate_replaces_every_secret_and_the_old_ones_stop_working(team):
     search = f"{team_server.urls(new)['mlflow']}/api/2.0/mlflow/experiments/search"
     admin = new["mlflow_admin"]["username"]
     one = {"max_results": 1}
-    assert requests.get(search, params=one, auth=(admin, old["mlflow_admin"]["password"]), timeout=10).status_code == 401
-    assert requests.get(search, params=one, auth=(admin, new["mlflow_admin"]["password"]), timeout=10).status_code == 200
+    for password, expected in ((old["mlflow_admin"]["password"], 401), (new["mlflow_admin"]["password"], 200)):
+        assert requests.get(search, params=one, auth=(admin, password), timeout=10).status_code == expected
     with pytest.raises(botocore.exceptions.ClientError, match="InvalidAccessKeyId"):
         team_server.s3_client(old, "dvc").list_objects_v2(Bucket="dvc", MaxKeys=1)
     team_server.s3_client(new, "dvc").list_objects_v2(Bucket="dvc", MaxKeys=1)

@@ -443,7 +443,8 @@ def _grpc_tls(conf, account):
             subprocess.run(["openssl", *args], cwd=tls, check=True, capture_output=True, umask=0o077)
 
         curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-subj", "/CN=nerpipe-team-ca")
+        openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650",
+                "-subj", "/CN=nerpipe-team-ca")
         openssl("req", *curve, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=nerpipe-team-seaweedfs")
         (tls / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
         openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
@@ -536,7 +537,10 @@ def start_postgres(directory, state, account=None):
     cluster's superuser is this tool's; MLflow's role owns its database and nothing else."""
     home = _private_dir(Path(directory) / "postgres", account)
     cluster, log = home / "data", home / "postgres.log"
-    run = lambda command: subprocess.run(_as_service(command, account), capture_output=True, text=True, umask=0o077)  # noqa: E731
+
+    def run(command):  # as the services' account; its files private
+        return subprocess.run(_as_service(command, account), capture_output=True, text=True, umask=0o077)
+
     created = not (cluster / "PG_VERSION").exists()
     if created:
         password_file = home / "password"
@@ -647,8 +651,8 @@ def _running_mlflow(directory, state):
     """Refuses unless MLflow's port is held by the server start() started: only then may the admin's
     password go there."""
     if not _holds(state["mlflow_port"], state["pids"].get("mlflow")):
-        raise ServiceError(f"the MLflow server of {directory} is not running, or port {state['mlflow_port']} is held by "
-                           f"another process (which gets no password): make tracking-server DIR={directory}")
+        raise ServiceError(f"the MLflow server of {directory} is not running, or port {state['mlflow_port']} is "
+                           f"held by another process (which gets no password): make tracking-server DIR={directory}")
 
 
 def _mlflow_call(state, method, path, payload=None, auth=None, params=None):
@@ -751,9 +755,10 @@ def rotate(directory):
 def instructions(directory, state):
     """What to tell the team; secrets stay in the state file (a terminal's scrollback is a log too)."""
     found, keys = urls(state), state["s3"]
-    account = f"as {SERVICE_USER}" if service_account() else f"as {pwd.getpwuid(os.geteuid()).pw_name}: start as root for an account of their own"
-    proxy = (f"\nOther machines: https://{state['name']}:{TLS_PORT} through tools/nginx-team.conf (allowed: Host and Origin {state['name']})"
-             if state.get("name") else "")
+    account = (f"as {SERVICE_USER}" if service_account()
+               else f"as {pwd.getpwuid(os.geteuid()).pw_name}: start as root for an account of their own")
+    proxy = (f"\nOther machines: https://{state['name']}:{TLS_PORT} through tools/nginx-team.conf "
+             f"(allowed: Host and Origin {state['name']})" if state.get("name") else "")
     return f"""\
 MLflow tracking server  {found['mlflow']}  (sign-in required; runs in PostgreSQL on 127.0.0.1:{state['postgres_port']}, artifacts in s3://mlflow){proxy}
 S3 (SeaweedFS)          {found['s3']}  (buckets: {', '.join(BUCKETS)}; on loopback: other machines go through a TLS proxy)

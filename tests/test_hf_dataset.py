@@ -275,3 +275,23 @@ def test_hub_revision_that_does_not_exist(hub, tmp_path):
         f"error: data.source hf://datasets/{REPO}@{missing}: no revision '{missing}' in the dataset repository "
         f"{REPO}; pick a commit from https://huggingface.co/datasets/{REPO}/commits/main\n"))
     assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before
+
+
+def test_a_dataset_with_configurations_needs_data_dataset_config(tmp_path):
+    """Two configurations declared in the dataset card, as on the Hub (WikiANN: one per language)."""
+    source = tmp_path / "multi"
+    card = ["---", "configs:"]
+    for config, word in (("en", "London"), ("de", "Berlin")):
+        card += [f"- config_name: {config}", "  data_files:"]
+        for split in ("train", "validation", "test"):
+            (source / config).mkdir(parents=True, exist_ok=True)
+            Dataset.from_dict({"tokens": [[word, "."]], "ner_tags": [["B-LOC", "O"]]}).to_parquet(
+                str(source / config / f"{split}.parquet"))
+            card += [f"  - split: {split}", f"    path: {config}/{split}.parquet"]
+    (source / "README.md").write_text("\n".join(card + ["---", ""]))
+    with pytest.raises(UserError) as err:
+        fetch_dataset(dataset_params(source), tmp_path / "raw")
+    assert "(data.dataset.config names the configuration)" in str(err.value) and "'de'" in str(err.value)
+    sources = fetch_dataset(dataset_params(source, config="de"), tmp_path / "raw")
+    assert (tmp_path / "raw" / "valid.txt").read_text() == "Berlin B-LOC\n. O\n\n"
+    assert list(sources["valid"]["files"]) == ["de/validation.parquet"]

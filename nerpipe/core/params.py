@@ -75,6 +75,9 @@ class DatasetParams:
     """data.source a Hugging Face dataset: hf://datasets/<id>@<revision>, a save_to_disk directory or a
     directory of parquet files (docs/corpora.md)."""
 
+    config: str = ""
+    """The dataset's configuration (subset), for a dataset with several, e.g. a language of WikiANN; "": its only
+    or default one."""
     splits: dict = field(default_factory=lambda: {"train": "train", "valid": "validation", "test": "test"})
     """The dataset's split that holds each of train, valid and test."""
     words: str = "tokens"

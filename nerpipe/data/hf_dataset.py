@@ -83,13 +83,20 @@ def _load(data, work):
         directory = Path(data.source)
         record = {"directory": str(directory)}
     if _is_saved_dataset(directory):
+        if data.dataset.config:
+            raise UserError(f"data.source {data.source}: a save_to_disk directory has no configurations; set "
+                            "data.dataset.config to \"\"")
         if not (directory / "dataset_dict.json").is_file():
             raise UserError(f"data.source {data.source}: a save_to_disk directory of one Dataset, without splits; "
                             "save a DatasetDict (`datasets.DatasetDict({'train': ..., 'validation': ..., 'test': "
                             "...}).save_to_disk(dir)`) and point data.source at it")
         splits = datasets.load_from_disk(str(directory))
         return splits, record, directory, lambda name: sorted(p for p in (directory / name).rglob("*") if p.is_file())
-    builder = datasets.load_dataset_builder(str(directory), cache_dir=str(work / "cache"))
+    try:
+        builder = datasets.load_dataset_builder(str(directory), name=data.dataset.config or None,
+                                                cache_dir=str(work / "cache"))
+    except ValueError as err:  # what datasets says of a configuration missing or unknown
+        raise UserError(f"data.source {data.source}: {err} (data.dataset.config names the configuration)") from None
     builder.download_and_prepare()
     splits = builder.as_dataset()
     data_files = builder.config.data_files or {}

@@ -267,14 +267,21 @@ def test_hub_dataset_at_a_revision_through_huggingface_hub(hub, parquet_dir, tmp
         assert sources[split]["files"] == local[split]["files"]
 
 
-def test_hub_revision_that_does_not_exist(hub, tmp_path):
+def test_hub_revision_that_does_not_exist(hub, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub)  # in this process; as HF_ENDPOINT does at import
     before = earlier_download(tmp_path / "raw")
     missing = "f" * 40
-    done = run_download(tmp_path, hub, f"hf://datasets/{REPO}@{missing}")
-    assert (done.returncode, done.stderr) == (2, (
-        f"error: data.source hf://datasets/{REPO}@{missing}: no revision '{missing}' in the dataset repository "
-        f"{REPO}; pick a commit from https://huggingface.co/datasets/{REPO}/commits/main\n"))
+    with pytest.raises(UserError) as err:
+        fetch_dataset(dataset_params(f"hf://datasets/{REPO}@{missing}"), tmp_path / "raw")
+    assert str(err.value) == (f"data.source hf://datasets/{REPO}@{missing}: no revision '{missing}' in the dataset "
+                              f"repository {REPO}; pick a commit from https://huggingface.co/datasets/{REPO}/commits/main")
     assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before
+    with pytest.raises(UserError) as err:
+        fetch_dataset(dataset_params(f"hf://datasets/someone/else@{missing}"), tmp_path / "raw")
+    assert str(err.value) == (f"data.source hf://datasets/someone/else@{missing}: no dataset repository 'someone/else' "
+                              f"on {hub} (or it is private: `hf auth login`)")
 
 
 def test_a_dataset_with_configurations_needs_data_dataset_config(tmp_path):
@@ -295,3 +302,20 @@ def test_a_dataset_with_configurations_needs_data_dataset_config(tmp_path):
     sources = fetch_dataset(dataset_params(source, config="de"), tmp_path / "raw")
     assert (tmp_path / "raw" / "valid.txt").read_text() == "Berlin B-LOC\n. O\n\n"
     assert list(sources["valid"]["files"]) == ["de/validation.parquet"]
+
+
+def test_hub_without_network_says_what_to_do(monkeypatch, tmp_path):
+    import socket
+
+    import huggingface_hub
+
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(UserError) as err:
+        fetch_dataset(dataset_params(f"hf://datasets/{REPO}@{COMMIT}"), tmp_path / "raw")
+    assert str(err.value).startswith(f"data.source hf://datasets/{REPO}@{COMMIT}: cannot download it (")
+    assert str(err.value).endswith("without network access, save the dataset where there is (`datasets.load_dataset"
+                                   "(...).save_to_disk(dir)`, docs/corpora.md) and set data.source to that directory")
+    assert not (tmp_path / "raw").exists()

@@ -106,6 +106,7 @@ def _load(data, work):
 def _snapshot(repo, revision, work):
     """Download the dataset repository `repo` at `revision` into `work`; returns (the commit sha the revision
     resolved to, `work`)."""
+    import httpx2
     import huggingface_hub
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
@@ -120,7 +121,7 @@ def _snapshot(repo, revision, work):
     except RepositoryNotFoundError:
         raise UserError(f"data.source hf://datasets/{repo}@{revision}: no dataset repository {repo!r} on "
                         f"{huggingface_hub.constants.ENDPOINT} (or it is private: `hf auth login`)") from None
-    except (huggingface_hub.errors.HfHubHTTPError, OSError) as err:
+    except (huggingface_hub.errors.HfHubHTTPError, httpx2.HTTPError, OSError) as err:
         raise UserError(f"data.source hf://datasets/{repo}@{revision}: cannot download it ({err}); "
                         f"{OFFLINE_HINT}") from None
     return commit, work

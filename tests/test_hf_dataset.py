@@ -106,6 +106,20 @@ def test_save_to_disk_with_string_tags_other_names_and_bioes(tmp_path, capsys):
             "the training data") in capsys.readouterr().err
 
 
+def test_words_with_white_space_and_a_dataset_without_splits_are_refused(tmp_path):
+    words = Dataset.from_dict({"tokens": [["New York", "is"]], "ner_tags": [["B-LOC", "O"]]})
+    DatasetDict({s: words for s in ("train", "validation", "test")}).save_to_disk(str(tmp_path / "spaced"))
+    with pytest.raises(UserError) as err:
+        fetch_dataset(dataset_params(tmp_path / "spaced"), tmp_path / "raw")
+    assert str(err.value) == (f"{tmp_path / 'spaced'} split 'train', row 0: word 'New York' is empty or holds white "
+                              "space; a CoNLL line cannot carry it")
+    words.save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(UserError) as err:
+        fetch_dataset(dataset_params(tmp_path / "one"), tmp_path / "raw")
+    assert "a save_to_disk directory of one Dataset, without splits; save a DatasetDict" in str(err.value)
+    assert not (tmp_path / "raw").exists()
+
+
 def integer_tag_dataset(directory, tags, feature=Value("int64")):
     features = Features({"tokens": List(Value("string")), "ner_tags": List(feature)})
     DatasetDict({split: Dataset.from_dict({"tokens": [["Rome", "is"]], "ner_tags": [tags]}, features=features)

@@ -53,6 +53,9 @@ def main():
                         help="split name and file, e.g. train=eng.train validation=eng.testa test=eng.testb")
     args = parser.parse_args()
     with exit_on_user_error():
+        bad = [f for f in args.files or [] if "=" not in f]
+        if bad:
+            raise UserError(f"--files {' '.join(bad)}: expected SPLIT=FILE, e.g. validation=eng.testa")
         files = dict(f.split("=", 1) for f in args.files) if args.files else DEFAULT_FILES
         if args.out.exists():
             raise UserError(f"{args.out} exists; name a new directory")

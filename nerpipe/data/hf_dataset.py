@@ -199,7 +199,7 @@ def conll_text(ds, cfg, names, where):
                 raise UserError(f"{at}: tag ids {tags} outside the {len(names)} names of column {cfg.tags!r}")
             tags = [names[t] for t in tags]
         for word, tag in zip(words, tags):
-            if not isinstance(word, str) or not word or len(word.split()) != 1 or word != word.strip():
+            if not isinstance(word, str) or word.split() != [word]:
                 raise UserError(f"{at}: word {word!r} is empty or holds white space; a CoNLL line cannot carry it")
             if not TAG_PATTERN.match(tag):
                 raise UserError(f"{at}: unknown NER tag {tag!r} in column {cfg.tags!r}; {TAG_EXPECTED}")

@@ -298,7 +298,7 @@ def test_hub_revision_that_does_not_exist(hub, monkeypatch, tmp_path):
                               f"on {hub} (or it is private: `hf auth login`)")
 
 
-def test_a_dataset_with_configurations_needs_data_dataset_config(tmp_path):
+def test_a_dataset_with_configurations_needs_data_dataset_config(tmp_path, monkeypatch):
     """Two configurations declared in the dataset card, as on the Hub (WikiANN: one per language)."""
     source = tmp_path / "multi"
     card = ["---", "configs:"]
@@ -313,7 +313,8 @@ def test_a_dataset_with_configurations_needs_data_dataset_config(tmp_path):
     with pytest.raises(UserError) as err:
         fetch_dataset(dataset_params(source), tmp_path / "raw")
     assert "(data.dataset.config names the configuration)" in str(err.value) and "'de'" in str(err.value)
-    sources = fetch_dataset(dataset_params(source, config="de"), tmp_path / "raw")
+    monkeypatch.chdir(tmp_path)  # data.source relative to the working directory, as dvc.yaml's paths are
+    sources = fetch_dataset(dataset_params("multi", config="de"), tmp_path / "raw")
     assert (tmp_path / "raw" / "valid.txt").read_text() == "Berlin B-LOC\n. O\n\n"
     assert list(sources["valid"]["files"]) == ["de/validation.parquet"]
 

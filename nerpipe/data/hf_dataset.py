@@ -61,7 +61,8 @@ def fetch_dataset(data, out_dir):
             for split in SPLITS:
                 text = conll_text(by_split[split], cfg, names[split], where[split])
                 (tmp / f"{split}.txt").write_text(text, encoding="utf-8")
-                files = {str(f.relative_to(root)): sha256_of(f) for f in files_of(cfg.splits[split])}
+                files = {f.resolve().relative_to(root.resolve()).as_posix(): sha256_of(f)
+                         for f in files_of(cfg.splits[split])}
                 sources[split] = {**record, "split": cfg.splits[split], "files": files,
                                   "sha256": sha256_of(tmp / f"{split}.txt")}
             check_sha256(data, {s: sources[s]["sha256"] for s in SPLITS}, where, out_dir)

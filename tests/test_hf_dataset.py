@@ -147,6 +147,8 @@ def test_integer_tags_need_tag_names(tmp_path):
     (Value("string"), ["B-LOC", "Z"], [], "row 0: unknown NER tag 'Z' in column 'ner_tags'"),
     (ClassLabel(names=["O", "LOC"]), [1, 0], [], "'LOC' in the ClassLabel names of column 'ner_tags' not a tag"),
     (Value("int64"), [2, 0], ["O", "B-LOC"], "row 0: tag ids [2, 0] outside the 2 names of column 'ner_tags'"),
+    (Value("string"), ["O"], [], "row 0: words ['Rome', 'is'], tags ['O']; column 'tokens' must hold a list of the "
+                                 "sentence's words and 'ner_tags' one tag for each"),
 ])
 def test_tags_neither_names_nor_strings_are_refused(tmp_path, feature, tags, tag_names, message):
     source = integer_tag_dataset(tmp_path / "bad", tags, feature)
@@ -334,3 +336,14 @@ def test_hub_without_network_says_what_to_do(monkeypatch, tmp_path):
     assert str(err.value).endswith("without network access, save the dataset where there is (`datasets.load_dataset"
                                    "(...).save_to_disk(dir)`, docs/corpora.md) and set data.source to that directory")
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_loading_script_is_refused(tmp_path):
+    (tmp_path / "scripted").mkdir()
+    (tmp_path / "scripted" / "scripted.py").write_text("import datasets\n")
+    (tmp_path / "scripted" / "train.parquet").write_bytes(b"")  # what makes it a dataset source at all
+    with pytest.raises(UserError) as err:
+        fetch_dataset(dataset_params(tmp_path / "scripted"), tmp_path / "raw")
+    assert str(err.value) == (f"data.source {tmp_path / 'scripted'}: Dataset scripts are no longer supported, but "
+                              "found scripted.py; use a copy of the dataset as data files (parquet, or save_to_disk "
+                              "where the script still runs)")

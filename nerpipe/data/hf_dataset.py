@@ -98,6 +98,9 @@ def _load(data, work):
                                                 cache_dir=str(work / "cache"))
     except ValueError as err:  # what datasets says of a configuration missing or unknown
         raise UserError(f"data.source {data.source}: {err} (data.dataset.config names the configuration)") from None
+    except RuntimeError as err:  # a loading script, which datasets no longer runs
+        raise UserError(f"data.source {data.source}: {err}; use a copy of the dataset as data files (parquet, or "
+                        "save_to_disk where the script still runs)") from None
     builder.download_and_prepare()
     splits = builder.as_dataset()
     data_files = builder.config.data_files or {}
@@ -187,8 +190,8 @@ def conll_text(ds, cfg, names, where):
     for row, example in enumerate(ds.select_columns(columns)):
         words, tags = example[cfg.words], example[cfg.tags]
         at = f"{where}, row {row}"
-        if not isinstance(words, list) or len(words) != len(tags):
-            raise UserError(f"{at}: {len(tags)} tags for {words!r}; column {cfg.words!r} must hold a list of the "
+        if not (isinstance(words, list) and isinstance(tags, list)) or len(words) != len(tags):
+            raise UserError(f"{at}: words {words!r}, tags {tags!r}; column {cfg.words!r} must hold a list of the "
                             f"sentence's words and {cfg.tags!r} one tag for each")
         if cfg.documents and example[cfg.documents] != document:
             document = example[cfg.documents]
@@ -202,7 +205,7 @@ def conll_text(ds, cfg, names, where):
         for word, tag in zip(words, tags):
             if not isinstance(word, str) or word.split() != [word]:
                 raise UserError(f"{at}: word {word!r} is empty or holds white space; a CoNLL line cannot carry it")
-            if not TAG_PATTERN.match(tag):
+            if not (isinstance(tag, str) and TAG_PATTERN.match(tag)):
                 raise UserError(f"{at}: unknown NER tag {tag!r} in column {cfg.tags!r}; {TAG_EXPECTED}")
         lines += [f"{word} {tag}" for word, tag in zip(words, tags)] + [""]
         sentences.append(Sentence(words, tags))

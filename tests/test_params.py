@@ -182,9 +182,11 @@ def test_flatten():
     assert flat["data.sha256.valid"] == "b" * 64
     assert "data.sha256" not in flat and "train" not in flat
     assert flat["data.remote_files.valid"] == "eng.testa" and flat["data.local_files.test"] == "test.txt"
-    # lr, data (source + 3 remote_files + 3 local_files + 3 sha256), model, prepare, train (17 of its own,
-    # lora 4, adapter 2, prompt 1), evaluate (batch size, bootstrap samples and seed), mlflow
-    assert len(flat) == 1 + 10 + 1 + 5 + 17 + 4 + 2 + 1 + 3 + 2
+    # lr, data (source + 3 remote_files + 3 local_files + 3 sha256 + dataset: 3 splits and 6 more), model,
+    # prepare, train (17 of its own, lora 4, adapter 2, prompt 1), evaluate (batch size, bootstrap samples and
+    # seed), mlflow
+    assert len(flat) == 1 + 19 + 1 + 5 + 17 + 4 + 2 + 1 + 3 + 2
+    assert flat["data.dataset.splits.valid"] == "validation" and flat["data.dataset.tag_names"] == []
     assert flat["train.lora.target_modules"] == "auto" and flat["train.prompt.virtual_tokens"] == 20
     assert all(not isinstance(v, dict) for v in flat.values())
 

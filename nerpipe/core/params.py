@@ -65,10 +65,59 @@ def allowed_problems(section, prefix):
     return out
 
 
+# data.source as a Hugging Face dataset on the Hub: hf://datasets/<owner>/<name>@<revision>.
+HUB_SOURCE = re.compile(r"hf://datasets/(?P<repo>[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)(?:@(?P<revision>[^\s@]+))?")
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass
+class DatasetParams:
+    """data.source a Hugging Face dataset: hf://datasets/<id>@<revision>, a save_to_disk directory or a
+    directory of parquet files (docs/corpora.md)."""
+
+    config: str = ""
+    """The dataset's configuration (subset), for a dataset with several, e.g. a language of WikiANN; "": its only
+    or default one."""
+    splits: dict = field(default_factory=lambda: {"train": "train", "valid": "validation", "test": "test"})
+    """The dataset's split that holds each of train, valid and test."""
+    words: str = "tokens"
+    """Column of each sentence's words: a list of strings."""
+    tags: str = "ner_tags"
+    """Column of each sentence's tags: a list of ClassLabel ids (their names are the tags) or of tag strings."""
+    tag_names: list = field(default_factory=list)
+    """The tag of each id, in id order, for a tags column of integers without ClassLabel names; else []."""
+    documents: str = ""
+    """Column of each sentence's document id (a document's sentences consecutive), for prepare.context; ""
+    for none (a row whose only word is -DOCSTART- still starts a document, as in a CoNLL file)."""
+    allow_moving_revision: bool = False
+    """Accept a branch or tag name as the Hub revision; the data can then change under the same params."""
+
+    def problems(self):
+        out = _split_keys_problems("data.dataset.splits", self.splits)
+        names = {}
+        for split in (s for s in SPLITS if s in self.splits):
+            name = self.splits[split]
+            if not (isinstance(name, str) and name.strip()):
+                out.append(f"data.dataset.splits.{split}: expected the name of a split of the dataset, got {name!r}")
+            else:
+                names.setdefault(name, []).append(split)
+        out += [f"data.dataset.splits: {' and '.join(splits)} name the same split {name!r}; each needs one of its own"
+                for name, splits in names.items() if len(splits) > 1]
+        for key in ("words", "tags"):
+            if not getattr(self, key).strip():
+                out.append(f"data.dataset.{key}: must name a column of the dataset")
+        if self.words == self.tags:
+            out.append(f"data.dataset.words and data.dataset.tags both name the column {self.words!r}")
+        if not all(isinstance(t, str) for t in self.tag_names):  # download checks each against the tag form
+            out.append(f"data.dataset.tag_names: expected tag strings, e.g. [O, B-PER, I-PER], got {self.tag_names!r}")
+        return out
+
+
 @dataclass
 class DataParams:
     source: str = "https://raw.githubusercontent.com/synalp/NER/master/corpus/CoNLL-2003"
-    """An http(s) URL or a local directory holding the three splits of a CoNLL-format corpus."""
+    """An http(s) URL or a local directory holding the three splits of a CoNLL-format corpus; or a Hugging Face
+    dataset: hf://datasets/<owner>/<name>@<commit sha>, a save_to_disk directory, a directory of parquet files."""
     remote_files: dict = field(default_factory=lambda: {"train": "eng.train", "valid": "eng.testa",
                                                         "test": "eng.testb"})
     """File name of each split (keys train, valid, test) at the source: appended to a URL, and the first
@@ -77,18 +126,26 @@ class DataParams:
                                                        "test": "test.txt"})
     """File name of each split looked for in a local directory when its remote_files name is not there."""
     sha256: dict = field(default_factory=dict)
-    """Expected sha256 of each split (keys train, valid, test); data that does not match is refused.
-    For a local directory a split's value may be "" (not checked); download records what it found."""
+    """Expected sha256 of each split (keys train, valid, test) as download writes it to data/raw/<split>.txt;
+    data that does not match is refused. "" (not checked) is allowed for all but a URL; download records what
+    it found."""
+    dataset: DatasetParams = field(default_factory=DatasetParams)
 
     def is_remote(self):
         return self.source.startswith(("http://", "https://"))
 
+    def hub_dataset(self):
+        """(repository id, revision or None) of an hf://datasets/ source; None for any other source."""
+        match = HUB_SOURCE.fullmatch(self.source)
+        return (match["repo"], match["revision"]) if match else None
+
     def problems(self):
-        out = []
+        out = self.dataset.problems()
         for key in ("remote_files", "local_files", "sha256"):
             out += _split_keys_problems(f"data.{key}", getattr(self, key))
         for key in ("remote_files", "local_files"):
             out += _file_names_problems(f"data.{key}", getattr(self, key))
+        out += self._hub_problems()
         for split, digest in self.sha256.items():
             if split not in SPLITS:
                 continue
@@ -99,6 +156,22 @@ class DataParams:
                 out.append(f"data.sha256.{split}: expected a 64-character lower-case hex sha256 string, or \"\" "
                            f"to skip the check for a local directory; got {digest!r}")
         return out
+
+    def _hub_problems(self):
+        if not self.source.startswith("hf://"):
+            return []
+        hub = self.hub_dataset()
+        if hub is None:
+            return [f"data.source {self.source!r}: a Hugging Face dataset is hf://datasets/<owner>/<name>@<commit sha>"]
+        repo, revision = hub
+        if revision is None:
+            return [f"data.source {self.source!r}: no revision; pin the dataset's commit, hf://datasets/{repo}@<commit "
+                    f"sha> (the commits: https://huggingface.co/datasets/{repo}/commits/main)"]
+        if not COMMIT_SHA.fullmatch(revision) and not self.dataset.allow_moving_revision:
+            return [f"data.source {self.source!r}: {revision!r} is not a commit sha but a branch or tag, whose data can "
+                    f"change under the same params; pin the 40-character commit sha (https://huggingface.co/datasets/"
+                    f"{repo}/commits/{revision}), or set data.dataset.allow_moving_revision: true to accept that"]
+        return []
 
 
 def _split_keys_problems(key, mapping):

@@ -92,15 +92,21 @@ def fetch_corpus(data, out_dir):
             else:
                 shutil.copyfile(origin, tmp / f"{split}.txt")
             found[split] = sha256_of(tmp / f"{split}.txt")
-        mismatches = [f"{origins[split]}: sha256 mismatch for split {split!r}\n  expected {data.sha256[split]} "
-                      f"(data.sha256.{split} in params.yaml)\n  found    {found[split]}"
-                      for split in SPLITS if data.sha256[split] not in ("", found[split])]
-        if mismatches:
-            raise UserError("\n".join(mismatches) + f"\nNothing was written to {out_dir}. If you really mean to use "
-                            "other data, update data.sha256 (\"\" skips the check for a local directory).")
+        check_sha256(data, found, origins, out_dir)
         sources = {split: {"file": str(origins[split]), "sha256": found[split]} for split in SPLITS}
         write_json(tmp / SOURCES_FILE, sources)
     return sources
+
+
+def check_sha256(data, found, origins, out_dir):
+    """Refuse, naming every split, where a found sha256 ({split: hex}) is not data.sha256's ("" is not checked);
+    `origins` ({split: what it came from}) names each in the message."""
+    mismatches = [f"{origins[split]}: sha256 mismatch for split {split!r}\n  expected {data.sha256[split]} "
+                  f"(data.sha256.{split} in params.yaml)\n  found    {found[split]}"
+                  for split in SPLITS if data.sha256[split] not in ("", found[split])]
+    if mismatches:
+        raise UserError("\n".join(mismatches) + f"\nNothing was written to {out_dir}. If you really mean to use "
+                        "other data, update data.sha256 (\"\" skips the check for a local directory).")
 
 
 def read_sources(raw_dir):

@@ -7,6 +7,7 @@ import io
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from functools import cache
@@ -30,14 +31,43 @@ def test_reference_pages_are_current():
     assert not stale, f"docs/reference/{stale} differ from the code: run `make docs`"
 
 
+def build_site(root, site):
+    """mkdocs build of the docs under `root` into `site`: (exit status, its whole log). Without `-q`, which
+    sets mkdocs's logger to ERROR so that warnings are neither printed nor counted by strict mode."""
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+                            cwd=root, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    return result.returncode, result.stdout + result.stderr
+
+
+def site_warnings(log):
+    return [line for line in log.splitlines() if re.match(r"(WARNING|ERROR)\b", line)]
+
+
 def test_site_builds_strictly(tmp_path):
-    """strict: true with link and anchor validation (mkdocs.yml): a broken link, anchor or nav entry fails."""
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
-    assert result.returncode == 0, result.stderr
+    """strict: true with link and anchor validation (mkdocs.yml): a broken link, anchor or nav entry fails,
+    and so does any other warning."""
+    returncode, log = build_site(ROOT, tmp_path / "site")
+    assert (returncode, site_warnings(log)) == (0, []), log
     assert (tmp_path / "site" / "reference" / "params" / "index.html").exists()
     benchmarks = (tmp_path / "site" / "benchmarks" / "index.html").read_text(encoding="utf-8")
     assert "Where the speed comes from" in benchmarks  # BENCHMARKS.md itself, included
+    assert 'href="../serving/#load-benchmark"' in benchmarks  # its `docs/serving.md` link, inside the site
+
+
+def test_a_broken_link_or_anchor_fails_the_build(tmp_path):
+    """The strict build of a copy of the docs with one broken link and one broken anchor in index.md."""
+    for name in ("docs", "tools"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("mkdocs.yml", "BENCHMARKS.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    index = tmp_path / "docs" / "index.md"
+    index.write_text(index.read_text(encoding="utf-8") + "\nSee [the guide](no-such-page.md) and "
+                     "[its limits](install.md#no-such-heading).\n", encoding="utf-8")
+    returncode, log = build_site(tmp_path, tmp_path / "site")
+    warnings = "\n".join(site_warnings(log))
+    assert returncode != 0, log
+    assert "'no-such-page.md'" in warnings and "'install.md#no-such-heading'" in warnings \
+        and "#no-such-heading" in warnings, log
 
 
 # --- what the pages say ------------------------------------------------------------------------------

@@ -193,11 +193,11 @@ def untested_page():
              "repository on the tiny test data (`tests/test_docs_blocks.py`), with the data and model paths "
              "filled in. These " f"{len(untested)} it does not run, each for the reason given: treat them as "
              "untested.\n",
-             "| page | line | first command | why not |", "|---|---:|---|---|"]
+             "| page | first command | why not |", "|---|---|---|"]
     for block in untested:
         command = block.first_command()
         command = f"`{command}`" if "`" not in command else command
-        lines.append(f"| {block.page} | {block.line} | {_cell(command)} | {_cell(block.value)} |")
+        lines.append(f"| {block.page} | {_cell(command)} | {_cell(block.value)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -53,7 +53,7 @@ class Block:
         for i, end in zip(prompts, prompts[1:]):
             command, j = lines[i][2:], i + 1
             while command.endswith("\\") and j < end:  # a continued command
-                command, j = command[:-1] + " " + lines[j].strip(), j + 1
+                command, j = command[:-1].rstrip() + " " + lines[j].strip(), j + 1
             out.append((command, bool(re.search(r"\berror\b|unknown key", "\n".join(lines[j:end]), re.I))))
         return out
 
@@ -70,7 +70,8 @@ def page_blocks(path):
         end = next(j for j in range(i + 1, len(lines)) if lines[j].lstrip().startswith("```"))
         body = "\n".join(line[indent:] for line in lines[i + 1:end])
         marker = MARKER.match(lines[i - 1].strip()) if i else None
-        block = Block(path.relative_to(ROOT).as_posix(), i + 1, body, marker["kind"] if marker else "",
+        page = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+        block = Block(page, i + 1, body, marker["kind"] if marker else "",
                       marker["value"] if marker else "")
         if lang in SHELL or (lang == "" and block.transcript):
             out.append(block)

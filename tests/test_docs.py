@@ -1,6 +1,8 @@
-"""Docs that cannot rot: the site builds strictly, the generated reference pages are current, and every
-command, make target, param key, file path and results table in README.md and docs/ is checked against
-the code."""
+"""Docs that cannot rot: the site builds strictly (any mkdocs warning fails it), the generated reference
+pages are current, and every command, make target, param key, file path and results table in README.md
+and docs/ (commands and paths also in BENCHMARKS.md and bench/README.md) is checked against the code.
+tests/test_docs_blocks.py runs the shell blocks; tests/test_docs_facts.py checks defaults, citations,
+provenance and wording."""
 
 import contextlib
 import io
@@ -23,6 +25,8 @@ import docs_reference  # noqa: E402  (tools/ is no package)
 # What users read: the README and the hand-written pages (the reference pages are generated, and
 # docs/benchmarks.md includes BENCHMARKS.md, which holds measurement logs rather than instructions).
 PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "benchmarks.md")]
+# The benchmark pages too, for their commands and paths (their numbers: tests/test_docs_facts.py).
+BENCH_PAGES = [ROOT / "BENCHMARKS.md", ROOT / "bench" / "README.md"]
 
 
 def test_reference_pages_are_current():
@@ -208,7 +212,7 @@ def page_problems(text):
     return [p for line in lines + runnable for words in commands(line) for p in command_problems(words)]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("page", PAGES + BENCH_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_command_parses_and_names_what_exists(page):
     assert page_problems(page.read_text(encoding="utf-8")) == []
 
@@ -264,7 +268,7 @@ def path_problem(span):
     return None if ignored else f"`{span}`: no such file in the repository"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("page", PAGES + BENCH_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_path_in_backticks_exists(page):
     _, spans = code_blocks_and_spans(page.read_text(encoding="utf-8"))
     assert [p for p in map(path_problem, spans) if p] == []
@@ -320,7 +324,7 @@ def test_the_readme_is_short():
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("page", PAGES + BENCH_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_code_block_is_closed(page):
     """An unclosed fence turns the rest of the page into code, and its links and checks silently away."""
     fences = [line for line in page.read_text(encoding="utf-8").splitlines() if line.lstrip().startswith("```")]

@@ -243,6 +243,36 @@ def test_the_number_check_reads_prose_and_tables():
     assert unchecked_numbers(sourced) == []
 
 
+# A source a reader has: a file of the repository, a page of the docs, or else the page says it is gone.
+UNCOMMITTED = re.compile(r"MLflow run|mlflow\.db|DVC experiment", re.I)
+SAYS_GONE = re.compile(r"not committed|never committed|gone", re.I)
+
+
+def unreadable_sources(text):
+    """Each `Source:` paragraph that points into an MLflow database or a clone's experiments, neither of
+    which the repository holds, without saying so."""
+    paragraphs = re.findall(r"^Source: .*?(?:\n\n|\Z)", text, re.M | re.S)
+    return [p.splitlines()[0] for p in paragraphs if UNCOMMITTED.search(p) and not SAYS_GONE.search(p)]
+
+
+SOURCES_NOT_YET = {"results.md": "being rewritten with the statistics; its sources are MLflow runs of databases that are gone",
+                   "serving.md": "being rewritten with the batched server; its load numbers came from a git-ignored bench/results file",
+                   "BENCHMARKS.md": "its serving section, being rewritten with the batched server, as serving.md"}
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=SOURCES_NOT_YET[p.name]))
+                                  if p.name in SOURCES_NOT_YET else p for p in CHECKED],
+                         ids=[p.relative_to(ROOT).as_posix() for p in CHECKED])
+def test_every_source_is_one_a_reader_has(page):
+    assert unreadable_sources(page.read_text(encoding="utf-8")) == []
+
+
+def test_the_source_check_finds_an_mlflow_run():
+    assert unreadable_sources("Source: MLflow run `0aa7`.\n\n| a |\n") == ["Source: MLflow run `0aa7`."]
+    assert unreadable_sources("Source: MLflow run `0aa7`, in a `mlflow.db` that\nwas never committed.\n") == []
+    assert unreadable_sources("Source: `docs/results/x.json`.\n") == []
+
+
 # --- no internal jargon ------------------------------------------------------------------------------
 
 # How the work was organised, which a reader of the project has no use for: which issue built a thing

@@ -1,12 +1,15 @@
-"""Docs that cannot rot: the site builds strictly, the generated reference pages are current, and every
-command, make target, param key, file path and results table in README.md and docs/ is checked against
-the code."""
+"""Docs that cannot rot: the site builds strictly (any mkdocs warning fails it), the generated reference
+pages are current, and every command, make target, param key, file path and results table in README.md
+and docs/ (commands and paths also in BENCHMARKS.md and bench/README.md) is checked against the code.
+tests/test_docs_blocks.py runs the shell blocks; tests/test_docs_facts.py checks defaults, citations,
+provenance and wording."""
 
 import contextlib
 import io
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from functools import cache
@@ -22,6 +25,8 @@ import docs_reference  # noqa: E402  (tools/ is no package)
 # What users read: the README and the hand-written pages (the reference pages are generated, and
 # docs/benchmarks.md includes BENCHMARKS.md, which holds measurement logs rather than instructions).
 PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "benchmarks.md")]
+# The benchmark pages too, for their commands and paths (their numbers: tests/test_docs_facts.py).
+BENCH_PAGES = [ROOT / "BENCHMARKS.md", ROOT / "bench" / "README.md"]
 
 
 def test_reference_pages_are_current():
@@ -30,14 +35,43 @@ def test_reference_pages_are_current():
     assert not stale, f"docs/reference/{stale} differ from the code: run `make docs`"
 
 
+def build_site(root, site):
+    """mkdocs build of the docs under `root` into `site`: (exit status, its whole log). Without `-q`, which
+    sets mkdocs's logger to ERROR so that warnings are neither printed nor counted by strict mode."""
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+                            cwd=root, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    return result.returncode, result.stdout + result.stderr
+
+
+def site_warnings(log):
+    return [line for line in log.splitlines() if re.match(r"(WARNING|ERROR)\b", line)]
+
+
 def test_site_builds_strictly(tmp_path):
-    """strict: true with link and anchor validation (mkdocs.yml): a broken link, anchor or nav entry fails."""
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
-    assert result.returncode == 0, result.stderr
+    """strict: true with link and anchor validation (mkdocs.yml): a broken link, anchor or nav entry fails,
+    and so does any other warning."""
+    returncode, log = build_site(ROOT, tmp_path / "site")
+    assert (returncode, site_warnings(log)) == (0, []), log
     assert (tmp_path / "site" / "reference" / "params" / "index.html").exists()
     benchmarks = (tmp_path / "site" / "benchmarks" / "index.html").read_text(encoding="utf-8")
     assert "Where the speed comes from" in benchmarks  # BENCHMARKS.md itself, included
+    assert 'href="../serving/#load-benchmark"' in benchmarks  # its `docs/serving.md` link, inside the site
+
+
+def test_a_broken_link_or_anchor_fails_the_build(tmp_path):
+    """The strict build of a copy of the docs with one broken link and one broken anchor in index.md."""
+    for name in ("docs", "tools"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("mkdocs.yml", "BENCHMARKS.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    index = tmp_path / "docs" / "index.md"
+    index.write_text(index.read_text(encoding="utf-8") + "\nSee [the guide](no-such-page.md) and "
+                     "[its limits](install.md#no-such-heading).\n", encoding="utf-8")
+    returncode, log = build_site(tmp_path, tmp_path / "site")
+    warnings = "\n".join(site_warnings(log))
+    assert returncode != 0, log
+    assert "'no-such-page.md'" in warnings and "'install.md#no-such-heading'" in warnings \
+        and "#no-such-heading" in warnings, log
 
 
 # --- what the pages say ------------------------------------------------------------------------------
@@ -178,7 +212,7 @@ def page_problems(text):
     return [p for line in lines + runnable for words in commands(line) for p in command_problems(words)]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("page", PAGES + BENCH_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_command_parses_and_names_what_exists(page):
     assert page_problems(page.read_text(encoding="utf-8")) == []
 
@@ -234,7 +268,7 @@ def path_problem(span):
     return None if ignored else f"`{span}`: no such file in the repository"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("page", PAGES + BENCH_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_path_in_backticks_exists(page):
     _, spans = code_blocks_and_spans(page.read_text(encoding="utf-8"))
     assert [p for p in map(path_problem, spans) if p] == []
@@ -290,7 +324,7 @@ def test_the_readme_is_short():
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("page", PAGES + BENCH_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_code_block_is_closed(page):
     """An unclosed fence turns the rest of the page into code, and its links and checks silently away."""
     fences = [line for line in page.read_text(encoding="utf-8").splitlines() if line.lstrip().startswith("```")]

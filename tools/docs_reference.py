@@ -3,10 +3,12 @@
     python tools/docs_reference.py           # (re)write docs/reference/{params,stages,cli}.md
     python tools/docs_reference.py --check   # exit 1, naming the stale pages, if any differs
 
-- params.md from the params dataclasses (nerpipe/core/params.py): each field's type, default, allowed values
-  (its `Allowed`) and its docstring;
+- params.md from the params dataclasses (nerpipe/core/params.py) and params.yaml: each field's type, the value
+  params.yaml ships, the code's default where that differs, allowed values (its `Allowed`) and its docstring;
 - stages.md from dvc.yaml: each stage's command, params, deps and outputs;
-- cli.md from the argparse parsers of `nerpipe` and of every stage script.
+- cli.md from the argparse parsers of `nerpipe` and of every stage script;
+- untested.md from the shell blocks of the README and the docs (tools/docs_blocks.py): the ones the tests
+  do not run, and why.
 
 `make docs` runs it before `mkdocs build`; tests/test_docs.py fails when a page is stale.
 """
@@ -45,7 +47,10 @@ def _cell(text):
 
 
 def _default(f):
-    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _value(value):
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, dict):
@@ -60,29 +65,34 @@ def _any(tp):
 def params_page():
     from nerpipe.core import params
 
-    lines = [HEADER.format(source="nerpipe/core/params.py"), "# Parameters reference\n",
-             "Every key of `params.yaml`: its type, default, the values it allows and what it does. "
-             "[Parameters](../parameters.md) says how they are read and checked.\n"]
+    shipped = params.load_params(ROOT / "params.yaml")
+    lines = [HEADER.format(source="nerpipe/core/params.py and params.yaml"), "# Parameters reference\n",
+             "Every key of `params.yaml`: its type, the value `params.yaml` ships, the code's default where the "
+             "two differ (the value a key left out of `params.yaml` takes), the values it allows and what it "
+             "does. [Parameters](../parameters.md) says how they are read and checked.\n"]
 
-    def section(cls, prefix, title):
+    def section(cls, values, prefix, title):
         hints, docs = typing.get_type_hints(cls), field_docs(cls)
         rows, nested = [], []
         for f in dataclasses.fields(cls):
             if dataclasses.is_dataclass(hints[f.name]):
-                nested.append((hints[f.name], f"{prefix}{f.name}."))
+                nested.append((hints[f.name], getattr(values, f.name), f"{prefix}{f.name}."))
                 continue
             allowed = f.metadata.get("allowed")
-            rows.append(f"| `{prefix}{f.name}` | {hints[f.name].__name__} | {_cell(_default(f))} | "
+            value, default = getattr(values, f.name), _default(f)
+            rows.append(f"| `{prefix}{f.name}` | {hints[f.name].__name__} | {_cell(_value(value))} | "
+                        f"{'same' if value == default else _cell(_value(default))} | "
                         f"{_cell(allowed.text if allowed else _any(hints[f.name]))} | {_cell(docs.get(f.name, ''))} |")
         if rows:
             lines.append(f"\n## {title}\n")
             if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
                 lines.append(" ".join(cls.__doc__.split()) + "\n")
-            lines.extend(["| key | type | default | allowed | what |", "|---|---|---|---|---|", *rows])
-        for sub, sub_prefix in nested:
-            section(sub, sub_prefix, sub_prefix.rstrip("."))
+            lines.extend(["| key | type | params.yaml | code default | allowed | what |",
+                          "|---|---|---|---|---|---|", *rows])
+        for sub, sub_values, sub_prefix in nested:
+            section(sub, sub_values, sub_prefix, sub_prefix.rstrip("."))
 
-    section(params.Params, "", "top level")
+    section(params.Params, shipped, "", "top level")
     return "\n".join(lines) + "\n"
 
 
@@ -171,8 +181,29 @@ def cli_page():
     return "\n".join(lines) + "\n"
 
 
+def untested_page():
+    import docs_blocks
+
+    blocks = docs_blocks.all_blocks()
+    untested = [b for b in blocks if b.marker == "not run"]
+    lines = [HEADER.format(source="the shell blocks of README.md, docs/, bench/README.md and BENCHMARKS.md"),
+             "# Commands the tests do not run\n",
+             f"The README and these pages hold {len(blocks)} blocks of shell commands. `make test` runs "
+             f"{len(blocks) - len(untested)} of them as written, in document order, in one scratch copy of the "
+             "repository on the tiny test data (`tests/test_docs_blocks.py`), with the data and model paths "
+             "filled in. These " f"{len(untested)} it does not run, each for the reason given: treat them as "
+             "untested.\n",
+             "| page | first command | why not |", "|---|---|---|"]
+    for block in untested:
+        command = block.first_command()
+        command = f"`{command}`" if "`" not in command else command
+        lines.append(f"| {block.page} | {_cell(command)} | {_cell(block.value)} |")
+    return "\n".join(lines) + "\n"
+
+
 def pages():
-    return {"params.md": params_page(), "stages.md": stages_page(), "cli.md": cli_page()}
+    return {"params.md": params_page(), "stages.md": stages_page(), "cli.md": cli_page(),
+            "untested.md": untested_page()}
 
 
 def main(argv=None):
@@ -196,5 +227,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
     raise SystemExit(main())

@@ -4,7 +4,7 @@ and 64 concurrent clients, against `mlflow models serve` (one request at a time)
 started here, one after the other, in this one run. Then the mixed pattern: every 10th request is a 50-sentence
 document. Loopback only; each row is bounded by --requests and --seconds, whichever comes first. Before the
 servers, the in-process ceiling: `mlflow.pyfunc.load_model(...).predict` on 1, 4, 16 and 64 sentences per call,
-with 1 and 2 torch threads.
+with 1 and 2 torch threads; and `nerpipe serve --threads 1` after the default.
 
     PYTHONPATH=. MLFLOW_TRACKING_URI=sqlite:////tmp/store/mlflow.db .venv/bin/python -m bench.batching_load \\
         --model runs:/<run_id>/model --out bench/results/batching_load.json
@@ -178,8 +178,8 @@ def main(argv=None):
     parser.add_argument("--requests", type=int, default=3000, help="requests per row, at most")
     parser.add_argument("--seconds", type=float, default=20, help="seconds per row, at most")
     parser.add_argument("--serve-flags", default="", help="more `nerpipe serve` flags, e.g. '--replicas 2'")
-    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS),
-                        help="which servers to measure, in this order (default: all)")
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS), metavar="SERVER",
+                        help=f"which servers to measure, in this order (default: all: {', '.join(SERVERS)})")
     parser.add_argument("--in-process-seconds", type=float, default=4,
                         help="seconds per in-process row (0: skip them)")
     parser.add_argument("--out", type=Path, help="write rows and answer comparison here as JSON")
@@ -213,6 +213,8 @@ SERVERS = {
     "mlflow models serve": lambda model, log, flags: serve_model(model, log),
     "nerpipe serve --engine ray": lambda model, log, flags: serve_batched(model, log, *flags, engine="ray"),
     "nerpipe serve": lambda model, log, flags: serve_batched(model, log, *flags),
+    # The threads choice, measured: one replica on both cores (the default here) against one torch thread.
+    "nerpipe serve --threads 1": lambda model, log, flags: serve_batched(model, log, *flags, "--threads", "1"),
 }
 
 

@@ -95,16 +95,17 @@ bench: setup
 	PYTHONPATH=. $(BIN)/python -m bench.run_benchmark --quick --out bench/results/quick.json \
 	  $(if $(DATA),--data $(DATA)) $(if $(MODEL),--model $(MODEL))
 
-# The logged MLflow model over HTTP with concurrent requests batched (Ray Serve; docs/serving.md):
-#   make serve MODEL_URI=runs:/<run_id>/model [PORT=8000] [REPLICAS=2] [HOST=0.0.0.0]
+# The logged MLflow model over HTTP with concurrent requests batched (mosec; docs/serving.md):
+#   make serve MODEL_URI=runs:/<run_id>/model [PORT=8000] [REPLICAS=1] [HOST=0.0.0.0] [ENGINE=ray]
 # MLFLOW_TRACKING_URI as for `nerpipe predict` (default: mlflow.db here). Ctrl-C or SIGTERM stops it cleanly.
 serve: setup
-	@if [ -z "$(MODEL_URI)" ]; then echo "usage: make serve MODEL_URI=runs:/<run_id>/model [PORT=8000] [REPLICAS=1] [HOST=127.0.0.1]" >&2; exit 2; fi
+	@if [ -z "$(MODEL_URI)" ]; then echo "usage: make serve MODEL_URI=runs:/<run_id>/model [PORT=8000] [REPLICAS=1] [HOST=127.0.0.1] [ENGINE=mosec|ray]" >&2; exit 2; fi
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(BIN)/nerpipe serve --model $(MODEL_URI) \
-	  --port $(or $(PORT),8000) --replicas $(or $(REPLICAS),1) $(if $(HOST),--host $(HOST))
+	  --port $(or $(PORT),8000) --replicas $(or $(REPLICAS),1) $(if $(HOST),--host $(HOST)) $(if $(ENGINE),--engine $(ENGINE))
 
-# The serving load benchmark (bench/batching_load.py): `mlflow models serve` against `nerpipe serve` on the CoNLL
-# test sentences, 1/4/16/64 clients and the mixed pattern; a few minutes. MODEL_URI as for serve, DATA as for repro.
+# The serving load benchmark (bench/batching_load.py): the in-process ceiling, then `mlflow models serve`, `nerpipe
+# serve --engine ray` and `nerpipe serve` (mosec) on the CoNLL test sentences, 1/4/16/64 clients and the mixed
+# pattern; about ten minutes. MODEL_URI as for serve, DATA as for repro.
 serve-bench: setup
 	@if [ -z "$(MODEL_URI)" ]; then echo "usage: make serve-bench MODEL_URI=runs:/<run_id>/model [DATA=/path/to/conll2003]" >&2; exit 2; fi
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} PYTHONPATH=. $(BIN)/python -m bench.batching_load \

@@ -31,7 +31,7 @@ import requests
 import torch
 
 from bench import inputs
-from nerpipe.predict.server_process import BIN, raw_texts, serve_model
+from tests.server_process import BIN, raw_texts, serve_model
 
 PIPELINE_BATCH_SIZES = (1, 8, 32, 64, 128)
 

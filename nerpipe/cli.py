@@ -13,7 +13,7 @@ COMMANDS = {
     "compare": ("nerpipe.report.compare", "is a difference real? paired bootstrap of two runs' F1; seed groups"),
     "predict": ("nerpipe.predict.command", "tag raw text with the trained model: entities with offsets, type, score"),
     "serve": ("nerpipe.predict.serve_command", "serve the logged MLflow model over HTTP, batching concurrent requests "
-                                               "(Ray Serve)"),
+                                               "(mosec on one machine, Ray Serve on a cluster)"),
 }
 
 

@@ -5,7 +5,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from nerpipe.predict.server_process import BIN
+from tests.server_process import BIN
 
 
 def nerpipe_predict(model, texts, *flags, env=None):

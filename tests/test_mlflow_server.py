@@ -17,10 +17,10 @@ import requests
 import torch
 from mlflow import MlflowClient
 
-from nerpipe.predict.server_process import stop, wait_for
 from nerpipe.core.params import flatten, load_params, read_yaml
 from nerpipe.model.description import USAGE_KEYS
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
+from tests.server_process import stop, wait_for
 
 BIN = Path(sys.executable).parent
 TRAIN = ["python", "stages/train.py", "--data", "data/prepared", "--model-out", "data/model",
@@ -169,7 +169,7 @@ def test_logged_model_serves_http_predictions(repo, tmp_path, monkeypatch):
     """The train stage logs a model that `mlflow models serve` runs: runs:/<id>/model answers each text with
     the entities `nerpipe predict` finds with data/model, and carries the pipeline's window settings.
     (tests/test_served_model.py checks the model itself, on a model whose entities are known.)"""
-    from nerpipe.predict.server_process import serve_model
+    from tests.server_process import serve_model
     from tests.served import nerpipe_predict
 
     if not (repo.root / "reports/train/run.json").exists():

@@ -19,9 +19,9 @@ import yaml
 from transformers import AutoModelForTokenClassification
 
 from nerpipe.cli import main
-from nerpipe.predict.server_process import raw_texts, serve_model
 from nerpipe.track.trained_model import _log_model
 from tests.load_check import load_test
+from tests.server_process import raw_texts, serve_model
 from tests.test_predict import build_keyword_model
 
 # Offsets are code points: 😀 is one (two in UTF-16), é written with a combining accent two.

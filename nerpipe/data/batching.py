@@ -47,10 +47,25 @@ def length_grouped_batches(lengths, batch_size, seed, epoch, group_size=50):
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def sorted_batches(lengths, batch_size):
-    """Batches for inference: longest first, so the largest allocation happens once, up front."""
+TOKEN_BUDGET = 2048
+"""Padded tokens per inference forward pass, at most (rows x padded width). On a 2-core CPU a pass of 64
+CoNLL windows padded to a long one's width ran at half the speed per token of 16 (activations that outgrow
+the caches, attention quadratic in the width); BENCHMARKS.md, "Serving at the machine's ceiling"."""
+
+
+def sorted_batches(lengths, batch_size, token_budget=TOKEN_BUDGET, multiple=1):
+    """Batches for inference, longest first (the largest allocation happens once, up front): at most
+    `batch_size` rows, and at most `token_budget` padded tokens, rows x the width the batch's first (longest)
+    row is padded to (rounded up to `multiple`). A row wider than the budget is a batch of its own. Short
+    rows share a pass many at a time, long ones few; padding stays within each pass, as before."""
     order = np.argsort(-lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        width = padded_width(int(lengths[order[start]]), multiple)
+        rows = max(1, min(batch_size, token_budget // max(width, 1))) if token_budget else batch_size
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
 
 
 def padded_width(longest, multiple=1, limit=None, widths=()):

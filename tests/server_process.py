@@ -1,11 +1,12 @@
-"""A model server as a child process on 127.0.0.1, for the load benchmarks (bench/) and the tests: today's
-`mlflow models serve` (one request at a time) or `nerpipe serve` (Ray Serve, batching).
+"""A model server as a child process on 127.0.0.1, for the load benchmarks (bench/) and the tests: `mlflow
+models serve` (one request at a time) or `nerpipe serve` (mosec by default, or Ray Serve; both batching).
 
     with serve_model("runs:/<run_id>/model", Path("serve.log")) as server:
         requests.post(f"{server.url}/invocations", json={"inputs": ["John Smith flew to Paris."]})
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,24 +47,27 @@ def serve_model(model_uri, log_path, env=None, start_timeout=180):
                   signal_group=True)
 
 
-def serve_batched(model_uri, log_path, *flags, env=None, start_timeout=300):
-    """`nerpipe serve` of `model_uri` (with `flags`, e.g. "--replicas", "2"): a context manager yielding a Server
-    once /ping answers, which is once every replica has loaded the model."""
-    return _serve(lambda port: [str(BIN / "nerpipe"), "serve", "--model", model_uri, "--port", str(port), *flags],
-                  "nerpipe serve", log_path, env, start_timeout)
+def serve_batched(model_uri, log_path, *flags, engine="mosec", env=None, start_timeout=300):
+    """`nerpipe serve --engine engine` of `model_uri` (with `flags`, e.g. "--replicas", "2"): a context manager
+    yielding a Server once its readiness probe answers 200 (mosec: GET /, once a replica has loaded the model;
+    ray: GET /ping, once one has)."""
+    return _serve(lambda port: [str(BIN / "nerpipe"), "serve", "--engine", engine, "--model", model_uri,
+                                "--port", str(port), *flags],
+                  f"nerpipe serve --engine {engine}", log_path, env, start_timeout,
+                  ready_path="/ping" if engine == "ray" else "/")
 
 
 @contextmanager
-def _serve(command, name, log_path, env, start_timeout, signal_group=False):
-    """Run command(port) on a free port of 127.0.0.1, yield a Server once /ping answers, and stop it afterwards
-    (stop: SIGTERM to the process, or to its whole group with `signal_group`)."""
+def _serve(command, name, log_path, env, start_timeout, signal_group=False, ready_path="/ping"):
+    """Run command(port) on a free port of 127.0.0.1, yield a Server once `ready_path` answers 200, and stop it
+    afterwards (stop: SIGTERM to the process, or to its whole group with `signal_group`)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**(env or os.environ), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # mlflow runs uvicorn from PATH
     with open(log_path, "w") as log:
         process = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            if not wait_for(f"{url}/ping", process, start_timeout):
+            if not wait_for(url + ready_path, process, start_timeout):
                 raise RuntimeError(f"{name} did not answer:\n{Path(log_path).read_text()[-3000:]}")
             yield Server(url, process)
         finally:
@@ -85,7 +89,7 @@ def wait_for(url, process, seconds):
 
 def stop(process, signal_group=True, timeout=60):
     """SIGTERM to the process (`mlflow models serve` needs it sent to its whole group: uvicorn runs apart; `nerpipe
-    serve` to itself alone: it drains Ray's processes); then SIGKILL to what is left of the group."""
+    serve` to itself alone: it drains mosec's or Ray's processes); then SIGKILL to what is left of the group."""
     if process.poll() is None:
         if signal_group:
             os.killpg(process.pid, signal.SIGTERM)
@@ -100,3 +104,16 @@ def stop(process, signal_group=True, timeout=60):
     except ProcessLookupError:
         pass
     process.wait()
+
+
+def model_calls(url, engine="mosec"):
+    """(model calls, requests in them) that `nerpipe serve --engine engine` at `url` has made so far: mosec's
+    batch-size histogram (GET /metrics, nerpipe_batch_size), or the Ray replica's record (GET /batches; with
+    several replicas, the one that answers)."""
+    if engine == "ray":
+        batches = requests.get(f"{url}/batches", timeout=10).json()["batches"]
+        return sum(batches.values()), sum(int(size) * n for size, n in batches.items())
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    count = re.search(r"^nerpipe_batch_size_count\{.*\} (\d+)", metrics, re.M)
+    total = re.search(r"^nerpipe_batch_size_sum\{.*\} ([\d.]+)", metrics, re.M)
+    return (int(count.group(1)), round(float(total.group(1)))) if count else (0, 0)

@@ -1,7 +1,9 @@
-"""The MLflow model the train stage logs, served on Ray Serve: concurrent requests are batched into one
-model call (`@serve.batch`), and the service runs as several replicas, each loading the model once.
+"""The MLflow model the train stage logs, served on Ray Serve, the cluster path (`nerpipe serve --engine ray`):
+concurrent requests are batched into one model call (`@serve.batch`), and the service runs as several
+replicas, on the machines of a Ray cluster, each loading the model once. On one machine mosec's front end
+costs less per request (nerpipe/predict/mosec_service.py, docs/serving.md).
 
-    MLFLOW_TRACKING_URI=sqlite:///mlflow.db nerpipe serve --model runs:/<run_id>/model --port 8000
+    MLFLOW_TRACKING_URI=sqlite:///mlflow.db nerpipe serve --engine ray --model runs:/<run_id>/model --port 8000
     curl -s localhost:8000/invocations -H 'Content-Type: application/json' -d '{"inputs": ["John Smith flew to Paris."]}'
 
 The HTTP interface is `mlflow models serve`'s: POST /invocations with {"inputs": [text, ...]} answers
@@ -11,12 +13,11 @@ replica that answers: {"pid": its process id, "batches": {requests per model cal
 
 A batch is the texts of every request waiting (up to max_batch_size requests, waiting at most
 batch_wait_s for more), given to the model's predict together, in one call: nerpipe's prediction code cuts
-them into windows and runs the windows longest first (nerpipe.data.batching.sorted_batches), so texts of
-similar length share a forward pass and padding stays small.
+them into windows and runs the windows longest first, by token budget (nerpipe.data.batching.sorted_batches),
+so texts of similar length share a forward pass and padding stays small.
 """
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -27,31 +28,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from nerpipe.predict.serve_command import BATCH_WAIT_S, MAX_BATCH_SIZE
+from nerpipe.predict.served_requests import BadRequest, parse_inputs, tag_together
 
 GRACEFUL_SHUTDOWN_S = 120
 """How long a stopping replica waits for its requests in flight (Ray's default is 20 s, less than a long document
 takes on a busy CPU)."""
-
-
-class BadRequest(ValueError):
-    pass
-
-
-def parse_inputs(body):
-    """The texts of a request body {"inputs": [str, ...]}; BadRequest saying what is wrong otherwise."""
-    try:
-        data = json.loads(body)
-    except ValueError as err:
-        raise BadRequest(f"the body is not valid JSON ({err}); send {{\"inputs\": [\"text\", ...]}}") from None
-    if not isinstance(data, dict) or "inputs" not in data:
-        raise BadRequest("the body must be a JSON object with an 'inputs' key: {\"inputs\": [\"text\", ...]}")
-    texts = data["inputs"]
-    if not isinstance(texts, list):
-        raise BadRequest(f"'inputs' must be a list of strings, not {type(texts).__name__}")
-    wrong = [(i, type(t).__name__) for i, t in enumerate(texts) if not isinstance(t, str)]
-    if wrong:
-        raise BadRequest(f"'inputs' must be a list of strings: item {wrong[0][0]} is {wrong[0][1]}")
-    return texts
 
 
 @serve.deployment(graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
@@ -71,14 +52,8 @@ class EntityService:
     async def tag_batch(self, requests_texts):
         """One model call for the texts of every request in the batch: a list of entity lists per request."""
         self.batches[len(requests_texts)] += 1
-        texts = [text for texts in requests_texts for text in texts]
         # In a thread, so that the replica keeps taking requests (the next batch) while the model runs.
-        entities = await asyncio.to_thread(self.model.predict, texts)
-        out, start = [], 0
-        for texts in requests_texts:
-            out.append(entities[start:start + len(texts)])
-            start += len(texts)
-        return out
+        return await asyncio.to_thread(tag_together, self.model, requests_texts)
 
     async def __call__(self, request: Request):
         path = request.url.path.rstrip("/")

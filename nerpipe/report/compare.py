@@ -153,7 +153,7 @@ def significant(result):
 
 
 def unit_phrase(result):
-    """"the 231 test documents" style wording of what the test resampled."""
+    """What the test resampled, in words: "231 documents"."""
     return f"{result['units']} {result['unit']}s"
 
 

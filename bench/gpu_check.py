@@ -13,7 +13,7 @@ failed:
   3. benchmark: `bench.run_benchmark --device cuda`, the Trainer at its best GPU settings against
      nerpipe, full training set, one epoch, same GPU.
   4. bert-base proxy: training throughput of a randomly initialised model of bert-base-cased's shape
-     (BertConfig's defaults, vocabulary 28,996) on the CoNLL rows, through nerpipe's own train_step:
+     (BertConfig's defaults, vocabulary 28,996) on the CoNLL rows, through nerpipe's own collate_step and run_step:
      a fixed number of steps after a warmup, extrapolated to 3 epochs, compared with the GPU's measured
      bf16 matmul rate. Its loss and F1 mean nothing.
   5. step overhead: `bench.step_speed` on the same MiniLM batches in alternating blocks: the step as it
@@ -344,7 +344,7 @@ def step_proxy(check, timeout):
     from nerpipe.data.prepare import prepare_corpus
     from nerpipe.data.prepared import PreparedSplit, read_labels
     from nerpipe.model.device import pad_multiple, set_tf32, use_bf16
-    from nerpipe.train.loop import build_optimizer, synchronize, train_step
+    from nerpipe.train.loop import build_optimizer, collate_step, run_step, synchronize
 
     device = torch.device("cpu" if check.smoke else "cuda")
     tokenizer = AutoTokenizer.from_pretrained(check.fp32_model())
@@ -372,7 +372,8 @@ def step_proxy(check, timeout):
             synchronize(device)
             gpu.reset_peak_memory(device)
             started = time.perf_counter()
-        loss, _, _ = train_step(model, [batch], train, lengths, tokenizer.pad_token_id, device, bf16)
+        loss = run_step(model, collate_step([batch], train, lengths, tokenizer.pad_token_id, multiple, limit), device,
+                        bf16)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()

@@ -10,6 +10,7 @@ from seqeval.metrics import classification_report
 
 from nerpipe.evaluate.bootstrap import (
     f1_intervals,
+    holm_adjusted,
     paired_bootstrap,
     resample_weights,
     with_f1_intervals,
@@ -128,3 +129,47 @@ def test_a_test_set_of_3500_sentences_takes_seconds():
     f1_intervals(gold, base, "conlleval", resamples=1000, seed=0)
     f1_intervals(gold, base, "strict", resamples=1000, seed=0)
     assert time.perf_counter() - started < 10  # 0.6 s on the 2-core development machine
+
+
+def test_a_split_without_entities_gives_f1_0_with_a_point_interval_and_p_1():
+    """No gold and no predicted entity: score_split says F1 0, and so do the interval and the paired test
+    (it used to be a ValueError from a reshape to (-1, 0, 3))."""
+    nothing = [["O"] * len(s) for s in GOLD]
+    scores = with_f1_intervals(score_split(nothing, nothing), nothing, nothing, resamples=200, seed=0)
+    for mode in ("conlleval", "strict"):
+        assert (scores[mode]["f1"], scores[mode]["f1_ci_low"], scores[mode]["f1_ci_high"]) == (0.0, 0.0, 0.0)
+        assert scores[mode]["per_type"] == {}
+    result = paired_bootstrap(nothing, nothing, nothing, "conlleval", resamples=200, seed=0)
+    assert set(result) == {None}
+    assert {k: result[None][k] for k in ("a", "b", "delta", "ci_low", "ci_high", "p_value")} == {
+        "a": 0.0, "b": 0.0, "delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+
+
+def documents_of(sentences, size):
+    return [i // size for i in range(sentences)]
+
+
+def test_documents_are_resampled_where_the_split_has_them():
+    gold, base = many_sentences(600)
+    # Errors clustered by document (documents of 10 sentences, all wrong or all right) make the units
+    # dependent: drawing the sentences one by one understates the spread.
+    clustered = [list(g) if (i // 10) % 3 else ["O"] * len(g) for i, g in enumerate(gold)]
+    docs = documents_of(len(gold), 10)
+    by_document = with_f1_intervals(score_split(gold, clustered), gold, clustered, 1000, 0, docs)
+    by_sentence = with_f1_intervals(score_split(gold, clustered), gold, clustered, 1000, 0)
+    assert by_document["bootstrap"] == {"unit": "document", "units": 60}
+    assert by_sentence["bootstrap"] == {"unit": "sentence", "units": 600}
+    width = {name: s["conlleval"]["f1_ci_high"] - s["conlleval"]["f1_ci_low"]
+             for name, s in (("document", by_document), ("sentence", by_sentence))}
+    assert width["document"] > 2 * width["sentence"]
+    # One document per sentence is the sentence bootstrap, draw for draw; a single document falls back to it.
+    for docs in (list(range(len(gold))), [0] * len(gold)):
+        assert f1_intervals(gold, base, "conlleval", 300, 5, docs) == f1_intervals(gold, base, "conlleval", 300, 5)
+    paired = paired_bootstrap(gold, base, clustered, "conlleval", 300, 0, documents_of(len(gold), 10))
+    assert (paired[None]["unit"], paired[None]["units"]) == ("document", 60)
+
+
+def test_holm_adjusts_a_family_of_p_values_step_down():
+    # sorted: 0.01 x 4 = 0.04; 0.03 x 3 = 0.09; 0.04 x 2 = 0.08 -> 0.09 (never below an earlier one); 0.2 x 1
+    assert holm_adjusted([0.01, 0.04, 0.03, 0.2]) == [0.04, 0.09, 0.09, 0.2]
+    assert holm_adjusted([0.5, 0.6]) == [1.0, 1.0] and holm_adjusted([]) == []

@@ -28,10 +28,12 @@ def fixed(how_many):
     return [list(GOLD[i]) if i in MISSED[:how_many] else list(s) for i, s in enumerate(BASE)]
 
 
-def write_predictions(directory, pred, gold=GOLD, words=WORDS):
+def write_predictions(directory, pred, gold=GOLD, words=WORDS, docs=False):
+    """Both splits' prediction files; docs: in documents of 10 sentences, with -DOCSTART- lines."""
     directory.mkdir(parents=True, exist_ok=True)
+    doc_ids = [i // 10 for i in range(len(gold))] if docs else None
     for split in ("dev", "test"):
-        (directory / f"predictions_{split}.conll").write_text(format_predictions(words, gold, pred))
+        (directory / f"predictions_{split}.conll").write_text(format_predictions(words, gold, pred, doc_ids))
     return directory
 
 
@@ -47,13 +49,50 @@ def test_b_fixing_many_errors_is_significant(tmp_path, capsys):
     # A finds 200 of 300 entities (F1 0.8), B 260 (F1 2*260/560).
     assert overall["a"] == pytest.approx(0.8) and overall["delta"] == pytest.approx(520 / 560 - 0.8, abs=1e-6)
     assert overall["ci_low"] > 0 and overall["p_value"] < 0.01
-    assert set(result["test"]) == {"all", "LOC", "PER"} and result["dev"] == result["test"]
+    assert set(result["test"]) == {"all", "LOC", "PER"}
+
+    def without_holm(rows):
+        return {t: {k: v for k, v in r.items() if k != "p_holm"} for t, r in rows.items()}
+
+    assert without_holm(result["dev"]) == without_holm(result["test"])  # the same files, the same draws
     main(["compare", str(b), str(a)])  # reversed: the same p, a negative difference
     markdown = capsys.readouterr().out
     assert f"| test | **all** | {100 * 520 / 560:.2f} | 80.00 | -12.86 [" in markdown
     assert markdown.rstrip().endswith("significant at 0.05: a resampling of the test sentences rarely gives a "
                                       "difference this large by chance.")
     assert f"Test F1 of {a} is 12.86 points below {b}" in markdown
+
+
+def test_the_documents_of_the_files_are_resampled_and_only_test_f1_is_primary(tmp_path, capsys):
+    a, b = write_predictions(tmp_path / "a", BASE, docs=True), write_predictions(tmp_path / "b", fixed(60), docs=True)
+    result = compare_json(capsys, a, b)
+    assert {(r["unit"], r["units"]) for split in result.values() for r in split.values()} == {("document", 30)}
+    assert result["test"]["all"]["p_holm"] == result["test"]["all"]["p_value"]  # the primary test, uncorrected
+    others = [r for split, rows in result.items() for t, r in rows.items() if (split, t) != ("test", "all")]
+    assert len(others) == 5 and all(r["p_holm"] >= r["p_value"] for r in others)
+    main(["compare", str(a), str(b)])
+    markdown = capsys.readouterr().out
+    assert "(dev: 30 documents, test: 30 documents; 1000 resamples, seed 0)" in markdown
+    assert "| test | **all** | 80.00 | " in markdown and " | – | yes (primary) |" in markdown
+    assert "a resampling of the test documents rarely gives a difference this large by chance." in markdown
+
+
+def test_no_entities_give_a_defined_answer_in_compare_and_pr_report(tmp_path, capsys):
+    from nerpipe.report.pr_report import metrics_table, paired_tests
+
+    nothing = [["O"] * len(s) for s in GOLD]
+    a = write_predictions(tmp_path / "a", nothing, gold=nothing)
+    b = write_predictions(tmp_path / "b", nothing, gold=nothing)
+    overall = compare_json(capsys, a, b)["test"]["all"]
+    assert {k: overall[k] for k in ("a", "b", "delta", "ci_low", "ci_high", "p_value")} == {
+        "a": 0.0, "b": 0.0, "delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+    paired, summary = paired_tests(tmp_path, str(a), str(b), 200, 0)
+    assert summary == (f"**Test F1 of `{b}` is the same as `{a}` (+0.00 [+0.00, +0.00] points, 95% interval; "
+                       "p = 1.000): not significant at 0.05: within what resampling the test sentences gives, so "
+                       "not evidence of a real change.**")
+    diff = {"reports/eval/metrics.json": {"test.conlleval.f1": {"old": 0.0, "new": 0.0}}}
+    assert "| test F1 | 0.00 | 0.00 | +0.00 | [+0.00, +0.00] | 1.000, not significant (primary) |" in \
+        metrics_table(diff, paired).splitlines()
 
 
 def test_one_flipped_sentence_is_not_significant(tmp_path, capsys):
@@ -85,7 +124,8 @@ def test_predictions_of_different_sentences_are_refused(tmp_path, capsys, monkey
 
 
 def test_too_few_resamples_and_one_run_are_refused(tmp_path, capsys):
-    for args, message in ((["a", "b", "--resamples", "1"], "--resamples 1: at least 100 are needed"),
+    for args, message in ((["a", "b", "--resamples", "1"],
+                           "--resamples: 1 bootstrap resamples: at least 100 are needed"),
                           (["a"], "nerpipe compare takes two runs A and B (got 1); or --seeds")):
         with pytest.raises(SystemExit):
             main(["compare", *args])

@@ -10,6 +10,8 @@ from nerpipe.data.conll import (
     format_predictions,
     iob1_to_iob2,
     label_list,
+    parse_prediction_documents,
+    parse_predictions,
     read_conll,
     read_predictions,
     to_iob2,
@@ -226,6 +228,17 @@ def test_format_and_read_predictions(tmp_path):
     path = tmp_path / "predictions.txt"
     path.write_text(text)
     assert read_predictions(path) == (words, gold, pred)
+    assert parse_prediction_documents(text) == (words, gold, pred, None)  # no markers: no documents
+
+
+def test_prediction_files_keep_the_documents_of_the_corpus():
+    words, gold, pred = [["Peter"], ["ran"], ["Paris"]], [["B-PER"], ["O"], ["B-LOC"]], [["B-PER"], ["O"], ["O"]]
+    text = format_predictions(words, gold, pred, doc_ids=[3, 3, 4])
+    assert text == "-DOCSTART- O O\n\nPeter B-PER B-PER\n\nran O O\n\n-DOCSTART- O O\n\nParis B-LOC O\n\n"
+    assert parse_prediction_documents(text) == (words, gold, pred, [0, 0, 1])
+    assert parse_predictions(text) == (words, gold, pred)  # what conlleval and the error analysis read
+    # One document (or a corpus without markers, all doc 0): nothing to resample by, no marker written.
+    assert format_predictions(words, gold, pred, doc_ids=[0, 0, 0]) == format_predictions(words, gold, pred)
 
 
 def test_a_type_only_in_dev_or_test_is_named_with_file_and_first_line(fixture_dir, tmp_path, capsys):

@@ -117,11 +117,11 @@ def slowed(repo, tmp_path):
         "if os.environ.get('RANK'):\n"
         "    import time\n"
         "    from nerpipe.train import loop\n"
-        "    real = loop.train_step\n"
+        "    real = loop.run_step\n"
         "    def slow(*args, **kwargs):\n"
         "        time.sleep(0.2)\n"
         "        return real(*args, **kwargs)\n"
-        "    loop.train_step = slow\n")
+        "    loop.run_step = slow\n")  # what fit calls each step
     repo.env = {**repo.env, "PYTHONPATH": f"{hook}{os.pathsep}{repo.root}"}
     return repo
 

@@ -32,10 +32,10 @@ def test_exp_run_with_context_64(tmp_path, fixture_dir, fixture_sha256, tiny_mod
     assert first["input_ids"][1:start] == sentence_0["input_ids"][-(start - 1):]  # ... Monday .
     assert tokens[start - 2:start] == ["Monday", "."]
     assert first["labels"][:start] == [-100] * start and first["word_index"][:start] == [-1] * start
-    # Every gold word of every split is scored: the predictions file holds them all, in order.
+    # Every gold word of every split is scored: the predictions file holds them all, in order, in the
+    # corpus' documents (its -DOCSTART- lines kept).
     predictions = (root / "reports/eval/predictions_test.conll").read_text().split()
-    gold_words = [line.split()[0] for line in (fixture_dir / "test.txt").read_text().splitlines()
-                  if line.strip() and not line.startswith("-DOCSTART-")]
+    gold_words = [line.split()[0] for line in (fixture_dir / "test.txt").read_text().splitlines() if line.strip()]
     assert predictions[0::3] == gold_words
     metrics = json.loads((root / "reports/eval/metrics.json").read_text())
     assert 0.0 <= metrics["test"]["conlleval"]["f1"] <= 1.0

@@ -22,7 +22,7 @@ from nerpipe.model.loading import load_for_training
 from nerpipe.train import checkpoints as checkpoints_module
 from nerpipe.train import loop
 from nerpipe.train.checkpoints import Checkpoints, run_settings
-from nerpipe.train.loop import DevSet, RunContext, TrainState, dev_scorer, fit, train_step
+from nerpipe.train.loop import DevSet, RunContext, TrainState, collate_step, dev_scorer, fit, run_step
 from tests.conftest import CONLL_LABELS
 from tests.pipeline_repo import PROJECT, PipelineRepo
 
@@ -148,10 +148,11 @@ def test_a_gpu_checkpoint_is_refused_on_the_cpu_naming_what_differs(tiny_model_d
 def test_train_step_leaves_the_loss_on_the_device_as_float64(tiny_model_dir, prepared):
     train = PreparedSplit(prepared, "train").examples
     model = load_for_training(str(tiny_model_dir), CONLL_LABELS, 0.1, 42)
-    loss, sentences, tokens = train_step(model, [[0, 1], [2]], train, train.input_ids.lengths(), 0, CPU, False)
+    step = collate_step([[0, 1], [2]], train, train.input_ids.lengths(), 0)
+    loss = run_step(model, step, CPU, False)
     assert isinstance(loss, torch.Tensor) and loss.shape == () and loss.dtype == torch.float64
     assert loss.device == CPU and loss.item() > 0
-    assert sentences == 3 and tokens == int(train.input_ids.lengths()[[0, 1, 2]].sum())
+    assert step.sentences == 3 and step.subtokens == int(train.input_ids.lengths()[[0, 1, 2]].sum())
 
 
 def test_synchronize_waits_only_for_a_gpu(monkeypatch):

@@ -132,13 +132,20 @@ def test_pr_table_compares_the_types_either_revision_has():
         "| test F1 before fine-tuning | – | – | – | – | – |",
         "| train time (s) | 100.0 | 90.5 | -9.5 | – | – |"]
     # With the paired bootstrap's results (nerpipe.report.compare), keyed by metric name.
+    # The primary test (test F1) at its own p; the other rows exploratory, at their Holm-adjusted p.
     paired = {"dev.conlleval.person.f1": {"a": 0.5, "b": 1.0, "delta": 0.5, "ci_low": 0.1, "ci_high": 0.9,
-                                          "p_value": 0.012},
+                                          "p_value": 0.012, "p_holm": 0.036},
               "dev.conlleval.f1": {"a": 0.25, "b": 0.5, "delta": 0.25, "ci_low": -0.05, "ci_high": 0.5,
-                                   "p_value": 0.25}}
+                                   "p_value": 0.025, "p_holm": 0.075},
+              "test.conlleval.f1": {"a": 0.25, "b": 0.5, "delta": 0.25, "ci_low": 0.01, "ci_high": 0.03,
+                                    "p_value": 0.03, "p_holm": 0.03, "primary": True}}
     rows = metrics_table(diff, paired).splitlines()
-    assert rows[2] == "| dev F1 | 25.00 | 50.00 | +25.00 | [-5.00, +50.00] | 0.250, not significant |"
-    assert rows[4] == "| dev F1 person | 50.00 | 100.00 | +50.00 | [+10.00, +90.00] | 0.012, significant |"
+    assert rows[0] == "| metric | base | PR | Δ | Δ 95% interval | p (significant at 0.05?) |"
+    assert rows[2] == ("| dev F1 | 25.00 | 50.00 | +25.00 | [-5.00, +50.00] | Holm 0.075, not significant "
+                       "(exploratory) |")  # 0.025 alone would pass 0.05: the correction decides
+    assert rows[4] == ("| dev F1 person | 50.00 | 100.00 | +50.00 | [+10.00, +90.00] | Holm 0.036, significant "
+                       "(exploratory) |")
+    assert rows[5] == "| test F1 | – | – | – | [+1.00, +3.00] | 0.030, significant (primary) |"
 
 
 def test_report_table_shows_each_f1_with_its_interval():
@@ -154,4 +161,8 @@ def test_report_table_shows_each_f1_with_its_interval():
     assert flat["test.conlleval.f1_ci_low"] == 0.84 and flat["test.conlleval.person.f1_ci_high"] == 1.0
     assert "test.strict.person.f1_ci_low" not in flat  # a value the file lacks is left out
     assert interval_note(with_interval).startswith("F1 [95% interval]: a bootstrap over the split's sentences")
+    with_unit = {**with_interval, "dev": {**with_interval["test"], "bootstrap": {"unit": "document", "units": 216}},
+                 "test": {**with_interval["test"], "bootstrap": {"unit": "document", "units": 231}}}
+    assert interval_note(with_unit).startswith("F1 [95% interval]: a bootstrap over the split's 216 dev documents, "
+                                               "231 test documents (evaluate.bootstrap_samples resamples")
     assert interval_note(METRICS).startswith("No confidence intervals")

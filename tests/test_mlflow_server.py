@@ -191,3 +191,26 @@ def test_logged_model_serves_http_predictions(repo, tmp_path, monkeypatch):
     assert response.status_code == 200, response.text
     assert response.json() == {"predictions": expected}
     assert all(set(e) == {"text", "type", "start", "end", "score"} for found in expected for e in found)
+
+
+def test_a_server_gone_between_the_two_requests_of_the_check_is_a_user_error(monkeypatch):
+    """check_reachable asks /health, then a signed-in request; a server that goes away in between is named
+    with the reason, as for the first request, not a requests traceback."""
+    from nerpipe.core.errors import UserError
+    from nerpipe.track.server import check_reachable
+
+    healthy = requests.Response()
+    healthy.status_code = 200
+    answers = iter([healthy])
+
+    def get(url, **kwargs):
+        try:
+            return next(answers)
+        except StopIteration:
+            raise requests.ConnectionError("HTTPConnectionPool: [Errno 111] Connection refused") from None
+
+    monkeypatch.setattr(requests, "get", get)
+    with pytest.raises(UserError) as err:
+        check_reachable("http://127.0.0.1:9", "start the server")
+    assert str(err.value) == ("MLflow tracking server http://127.0.0.1:9 (MLFLOW_TRACKING_URI) cannot be reached: "
+                              "[Errno 111] Connection refused; start the server")

@@ -83,8 +83,9 @@ def test_training_and_prediction_pad_to_8_within_the_positions(monkeypatch, shor
         return batch
 
     monkeypatch.setattr(loop, "collate", recording_collate)
-    monkeypatch.setattr(loop, "pad_multiple", lambda device: 8)
-    loss, _, _ = loop.train_step(short_position_model, [longest], train.examples, lengths, 0, CPU, False)
+    step = loop.collate_step([longest], train.examples, lengths, 0, 8,
+                             short_position_model.config.max_position_embeddings)  # fit's arguments on a GPU
+    loss = loop.run_step(short_position_model, step, CPU, False)
     assert widths == [POSITIONS] and torch.isfinite(loss)
 
     words = [len(w) for w in train.words]  # prediction over the same long rows

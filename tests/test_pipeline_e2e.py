@@ -58,11 +58,13 @@ def test_outputs_hold_real_values(repo, fixture_dir, fixture_sha256):
             assert 0.0 <= metrics[split][mode]["f1"] <= 1.0
         assert set(metrics[split]["conlleval"]["per_type"]) <= {"PER", "LOC", "ORG", "MISC"}
         assert "f1" in metrics["before_finetuning"][split]["conlleval"]
-    # Every gold word of the test split is in the predictions file, in order.
-    predictions = (root / "reports/eval/predictions_test.conll").read_text().split()
-    gold_words = [line.split()[0] for line in (fixture_dir / "test.txt").read_text().splitlines()
-                  if line.strip() and not line.startswith("-DOCSTART-")]
-    assert predictions[0::3] == gold_words
+    # Every gold word of the test split is in the predictions file, in order, in the corpus' documents
+    # (two -DOCSTART- lines in the fixture), which the bootstrap resampled.
+    predictions = (root / "reports/eval/predictions_test.conll").read_text()
+    assert [line.split()[0] for line in predictions.splitlines() if line.strip()] == [
+        line.split()[0] for line in (fixture_dir / "test.txt").read_text().splitlines() if line.strip()]
+    assert predictions.count("-DOCSTART- O O\n") == 2
+    assert metrics["test"]["bootstrap"] == {"unit": "document", "units": 2}
     history = (root / "reports/train/history.csv").read_text().splitlines()
     assert history[0] == "step,epoch,loss,lr"
     train = json.loads((root / "reports/train/metrics.json").read_text())
@@ -77,8 +79,10 @@ def test_outputs_hold_real_values(repo, fixture_dir, fixture_sha256):
             f"**{100 * test_f1['f1']:.2f}** [{100 * test_f1['f1_ci_low']:.1f}, {100 * test_f1['f1_ci_high']:.1f}] |"
             ) in report
     assert "figures/learning_curve.png" in report
+    assert "a bootstrap over the split's 2 dev documents, 2 test documents" in report
     timings = json.loads((root / "reports/timings/train.json").read_text())  # the wall times, apart
-    assert timings["train_seconds"] > 0 and f"| train: optimizer steps | {timings['train_seconds']:.1f} |" in report
+    assert timings["train_seconds"] > 0 and "| stage | seconds |" not in report and "sentences/s" not in report
+    assert "Wall times, speed and peak memory of each stage are in reports/timings/<stage>.json" in report
     written = {p.name for p in (root / "reports/timings").iterdir()}
     assert written == {"prepare.json", "score_untrained.json", "train.json", "evaluate.json"}
     assert "seconds" not in json.loads((root / "data/prepared/stats.json").read_text())
@@ -151,16 +155,17 @@ def test_a_comment_in_the_download_code_reruns_download_and_prepare_only(repo):
 
 
 def test_each_stage_forced_again_writes_the_same_bytes(repo):
-    """Every output but run.json (the MLflow run) and the timings files, byte for byte (CPU). prepare's
-    are checked by the test above: DVC skipped what follows it."""
+    """Every output, report.md and the figures included, byte for byte (CPU), but the two that dvc.yaml
+    declares as varying: run.json (it names the MLflow run of the new training) and the timings files
+    (wall times). prepare's are checked by the test above: DVC skipped what follows it."""
     before = out_digests(repo)
-    stages = ["download", "score_untrained", "train", "evaluate"]
+    stages = ["download", "score_untrained", "train", "evaluate", "report"]
     assert PipelineRepo.stages_run(repo.repro("--force", "--single-item", *stages)) == stages
     after = out_digests(repo)
-    varying = {"reports/train/run.json", "reports/report.md"} | {p for p in before if p.startswith("reports/timings/")}
+    varying = {"reports/train/run.json"} | {p for p in before if p.startswith("reports/timings/")}
     assert {"data/raw", "data/prepared", "reports/untrained/metrics.json", "data/model", "reports/train/metrics.json",
-            "reports/train/history.csv", "reports/eval/metrics.json", "reports/eval/predictions_test.conll"
-            } <= set(before)
+            "reports/train/history.csv", "reports/eval/metrics.json", "reports/eval/predictions_test.conll",
+            "reports/report.md", "reports/figures"} <= set(before)
     assert {p: d for p, d in after.items() if p not in varying} == {p: d for p, d in before.items() if p not in varying}
     assert after["reports/train/run.json"] != before["reports/train/run.json"]  # a new training is a new run
     assert after["reports/timings/train.json"] != before["reports/timings/train.json"]

@@ -62,6 +62,8 @@ def test_metrics_have_every_type(repo):
         for mode in ("conlleval", "strict"):
             assert sorted(metrics[split][mode]["per_type"]) == TYPES
             assert 0.0 <= metrics[split][mode]["f1"] <= 1.0
+    # No -DOCSTART- in this corpus: the intervals resample its sentences, and metrics.json says so.
+    assert metrics["test"]["bootstrap"]["unit"] == "sentence"
     predictions = (repo.root / "reports/eval/predictions_test.conll").read_text().split("\n")
     gold = (CORPUS / "test.tsv").read_text().split("\n")
     # word, gold tag (IOB2 as written), predicted tag; sentence breaks where the corpus has them.

@@ -90,8 +90,9 @@ def test_table_params_and_plots_of_two_commits(repo, tmp_path):
     report = (tmp_path / "report.md").read_text()
     # dev: base finds 2 of 4 entities (P 1, R .5, F1 66.67), PR 3 of 4 (F1 85.71); test: 1 of 4 vs all.
     # An unchanged type has the point interval [0, 0] and p = 1.
-    for row in ["| dev F1 PER | 100.00 | 100.00 | +0.00 | [+0.00, +0.00] | 1.000, not significant |",
-                "| dev F1 MISC | 0.00 | 0.00 | +0.00 | [+0.00, +0.00] | 1.000, not significant |",
+    # Every row but test F1 is exploratory: its p Holm-adjusted over those rows.
+    for row in ["| dev F1 PER | 100.00 | 100.00 | +0.00 | [+0.00, +0.00] | Holm 1.000, not significant (exploratory) |",
+                "| dev F1 MISC | 0.00 | 0.00 | +0.00 | [+0.00, +0.00] | Holm 1.000, not significant (exploratory) |",
                 "| dev F1 before fine-tuning | 0.00 | 0.00 | +0.00 | – | – |",
                 "| test F1 before fine-tuning | 0.00 | 0.00 | +0.00 | – | – |",
                 "| train time (s) | 100.0 | 90.5 | -9.5 | – | – |",
@@ -110,7 +111,10 @@ def test_table_params_and_plots_of_two_commits(repo, tmp_path):
         "**Test F1 of `HEAD` is 60.00 points above `HEAD~1` (+60.00 [+14.29, +100.00] points, 95% interval; "
         "p = 0.002): significant at 0.05: a resampling of the test sentences rarely gives a difference this large "
         "by chance.**")
-    assert "| test F1 | 40.00 | 100.00 | +60.00 | [+14.29, +100.00] | 0.002, significant |" in report.splitlines()
+    assert "| test F1 | 40.00 | 100.00 | +60.00 | [+14.29, +100.00] | 0.002, significant (primary) |" in \
+        report.splitlines()
+    assert "Primary test, declared in advance: test F1" in report
+    assert "paired bootstrap over the split's sentences (4 sentences in test)" in report
     for image in ("training-loss.png", "dev-f1-during-training.png", "test-confusion-by-entity-type.png"):
         assert f"]({image})" in report
         data = (tmp_path / image).read_bytes()
@@ -126,7 +130,8 @@ def test_working_tree_against_a_revision_prints_to_stdout(repo, capsys):
         git(repo, "checkout", "--", "reports")
     out = capsys.readouterr().out
     assert "| train time (s) | 90.5 | 80.0 | -10.5 | – | – |" in out.splitlines()
-    assert "| dev F1 | 85.71 | 85.71 | +0.00 | [+0.00, +0.00] | 1.000, not significant |" in out.splitlines()
+    assert "| dev F1 | 85.71 | 85.71 | +0.00 | [+0.00, +0.00] | Holm 1.000, not significant (exploratory) |" in \
+        out.splitlines()
     assert ("**Test F1 of `working tree` is the same as `HEAD` (+0.00 [+0.00, +0.00] points, 95% interval; "
             "p = 1.000): not significant at 0.05") in out
     assert "`working tree` (PR)" in out and "No params changed." in out and "### Plots" not in out

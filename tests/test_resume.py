@@ -185,19 +185,24 @@ def edited_copy(module, tmp_path):
 
 
 def test_only_code_that_decides_the_trajectory_discards_a_checkpoint(prepared, tmp_path, monkeypatch, capsys):
+    import nerpipe.model.description
     import nerpipe.predict.command
     import nerpipe.track.trained_model
     import nerpipe.train.loop
     import nerpipe.train.outputs
+    import nerpipe.train.run
 
     train_split, dev = PreparedSplit(prepared, "train"), PreparedSplit(prepared, "valid")
     where = {"device": torch.device("cpu"), "bf16": False, "tf32": False}
     settings = run_settings({"lr": 0.001}, train_split.examples, dev.examples, **where)
     assert not [k for k in settings if k.startswith("source of") and
                 k.removeprefix("source of ").startswith(("nerpipe.track", "nerpipe.predict", "nerpipe.report",
-                                                         "nerpipe.train.outputs", "__main__"))]
-    # Tracking, export and prediction code edited: the same settings, so the checkpoint resumes.
-    for module in (nerpipe.track.trained_model, nerpipe.train.outputs, nerpipe.predict.command):
+                                                         "nerpipe.train.outputs", "nerpipe.train.run",
+                                                         "nerpipe.model.description", "__main__"))]
+    # Tracking, export, description, the stage's wiring and prediction code edited: the same settings, so
+    # the checkpoint resumes.
+    for module in (nerpipe.track.trained_model, nerpipe.train.outputs, nerpipe.predict.command,
+                   nerpipe.model.description, nerpipe.train.run):
         monkeypatch.setattr(module, "__file__", edited_copy(module, tmp_path))
     assert run_settings({"lr": 0.001}, train_split.examples, dev.examples, **where) == settings
     # The loop edited: a checkpoint of the old code is discarded, naming the module.
@@ -222,7 +227,8 @@ def test_run_settings_change_with_the_data_and_name_the_code(prepared):
     where = {"device": torch.device("cpu"), "bf16": False, "tf32": False}
     settings = run_settings({"lr": 0.001}, train_split.examples, dev.examples, **where)
     assert settings["lr"] == 0.001 and settings["torch"] == str(torch.__version__)
-    assert {f"source of nerpipe.{m}" for m in ("train.loop", "train.checkpoints", "data.batching")} <= set(settings)
+    assert {f"source of nerpipe.{m}" for m in ("train.loop", "train.checkpoints", "data.batching", "train.trajectory",
+                                               "model.loading", "model.families", "model.methods")} <= set(settings)
     assert run_settings({"lr": 0.001}, train_split.examples, dev.examples, **where) == settings
     labels = train_split.examples.labels
     labels.values = labels.values.copy()
@@ -346,15 +352,12 @@ def test_checkpoint_from_other_params_is_discarded_and_another_seed_changes_metr
     assert other["eval"] != reference["eval"]
 
 
-def test_a_failure_after_training_resumes_at_the_end_without_a_step(repo, reference, monkeypatch, capsys):
-    """The last checkpoint is removed only once data/model, the reports and the MLflow logging are done:
-    the final logging fails, and the next run resumes at the last step and trains no more."""
+def in_process(repo, monkeypatch):
+    """(params, TrainPaths) for train_model in the repository, as `dvc repro` would run the stage there."""
     import mlflow
 
-    import nerpipe.train.loop
-    import nerpipe.train.run
     from nerpipe.core.params import load_params
-    from nerpipe.train.run import TrainPaths, train_model
+    from nerpipe.train.run import TrainPaths
 
     monkeypatch.chdir(repo.root)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the repository's mlflow.db, as under dvc repro
@@ -363,23 +366,56 @@ def test_a_failure_after_training_resumes_at_the_end_without_a_step(repo, refere
     params = load_params(Path("params.yaml"))
     paths = TrainPaths(Path("data/prepared"), Path("data/model"), Path("data/checkpoints"), Path("reports/train"),
                        Path("reports/timings/train.json"))
+    return params, paths
 
-    def server_gone(*args, **kwargs):
-        raise Crash
 
-    with monkeypatch.context() as patch:
-        patch.setattr(nerpipe.train.run, "log_training", server_gone)
+def fails(*args, **kwargs):
+    raise Crash
+
+
+def failed_at_export(params, paths):
+    """train_model with the export failing: the final checkpoint (step 18) is kept."""
+    import nerpipe.train.run
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nerpipe.train.run, "export_model", fails)
         with pytest.raises(Crash):
-            train_model(params, paths)
-    saved = torch.load(repo.root / "data/checkpoints/last/state.pt", weights_only=True)
+            nerpipe.train.run.train_model(params, paths)
+    saved = torch.load(Path(paths.checkpoints) / "last/state.pt", weights_only=True)
     assert saved["state"]["step"] == 18
+    return saved
+
+
+def test_a_failure_after_training_resumes_at_the_end_without_a_step(repo, reference, monkeypatch, capsys, tmp_path):
+    """The last checkpoint is removed only once data/model, the reports and the MLflow logging are done.
+    The export fails, and its fix (an edit of model/description.py and train/run.py, outside the
+    trajectory's code) keeps the checkpoint: the next run resumes at the last step and trains no more.
+    Then the final logging fails, and the run after it still resumes there."""
+    import mlflow
+
+    import nerpipe.model.description
+    import nerpipe.train.loop
+    import nerpipe.train.run
+    from nerpipe.train.run import train_model
+
+    params, paths = in_process(repo, monkeypatch)
+    saved = failed_at_export(params, paths)
+    # The fix of the export: both files edited, as the checkpoint's source digests see them.
+    for module in (nerpipe.model.description, nerpipe.train.run):
+        monkeypatch.setattr(module, "__file__", edited_copy(module, tmp_path))
 
     def no_step(*args, **kwargs):
         raise AssertionError("an optimizer step after the training had finished")
 
     monkeypatch.setattr(nerpipe.train.loop, "run_step", no_step)
-    state = train_model(params, paths)
+    with monkeypatch.context() as patch:
+        patch.setattr(nerpipe.train.run, "log_training", fails)
+        with pytest.raises(Crash):
+            train_model(params, paths)
     assert "resuming from the checkpoint at step 18 (epoch 3)" in capsys.readouterr().out
+    state = train_model(params, paths)
+    out = capsys.readouterr().out
+    assert "resuming from the checkpoint at step 18 (epoch 3)" in out and "discarding" not in out
     assert state.step == 18
     assert {k: v for k, v in results(repo).items() if k != "eval"} == {
         k: v for k, v in reference.items() if k != "eval"}  # model bytes, train metrics, histories
@@ -387,3 +423,23 @@ def test_a_failure_after_training_resumes_at_the_end_without_a_step(repo, refere
     assert sorted(os.listdir(repo.root / "data/checkpoints")) == ["best"]
     run = mlflow.MlflowClient().get_run(saved["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.metrics["train.steps"] == 18
+
+
+def test_an_edit_of_the_loop_discards_the_checkpoint_of_a_failed_export(repo, monkeypatch, capsys, tmp_path):
+    """The same failure at export, but the fix edits the training loop: the kept checkpoint no longer
+    describes what the code computes, so it is discarded and training starts over."""
+    import nerpipe.train.loop
+    from nerpipe.train.run import train_model
+
+    params, paths = in_process(repo, monkeypatch)
+    failed_at_export(params, paths)
+    capsys.readouterr()
+    monkeypatch.setattr(nerpipe.train.loop, "__file__", edited_copy(nerpipe.train.loop, tmp_path))
+    steps = []
+    real_step = nerpipe.train.loop.run_step
+    monkeypatch.setattr(nerpipe.train.loop, "run_step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
+    state = train_model(params, paths)
+    out = capsys.readouterr().out
+    assert "discarding the checkpoint in data/checkpoints: it was written with other settings: source of " \
+           "nerpipe.train.loop" in out and "resuming" not in out
+    assert state.step == 18 and len(steps) == 18  # every step trained again

@@ -22,6 +22,7 @@ from nerpipe.cli import main
 from nerpipe.track.trained_model import _log_model
 from tests.load_check import load_test
 from tests.server_process import raw_texts, serve_model
+from tests.test_code_deps import PROJECT, import_closure
 from tests.test_predict import build_keyword_model
 
 # Offsets are code points: 😀 is one (two in UTF-16), é written with a combining accent two.
@@ -85,6 +86,17 @@ def test_logged_model_holds_code_save_pretrained_settings_and_entity_signature(l
     assert list(mlmodel["flavors"]) == ["python_function"]  # no transformers flavor: one copy of the weights
     flavor = mlmodel["flavors"]["python_function"]
     assert flavor["code"] == "code" and (local / "code/nerpipe/predict/pyfunc_model.py").is_file()
+    # The model ships what prediction runs and nothing else: pyfunc_model.py and the package files it can
+    # import (at any depth, and every fine-tuning method, chosen by name at run time), found from the
+    # source as tests/test_code_deps.py finds a stage's deps. No training, tracking, report, bench- or
+    # test-only code (nerpipe/predict/server_process.py, while it is still in the package, is one such).
+    shipped = {str(p.relative_to(local / "code")) for p in (local / "code").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    script = PROJECT / "nerpipe/predict/pyfunc_model.py"
+    imported = {str(f.relative_to(PROJECT)) for f in import_closure(script)} | {"nerpipe/predict/pyfunc_model.py"}
+    assert shipped == imported, (sorted(shipped - imported), sorted(imported - shipped))
+    assert "nerpipe/model/methods/lora.py" in shipped
+    assert not [f for f in shipped if f.startswith(("nerpipe/train/", "nerpipe/report/", "nerpipe/predict/server_"))]
     assert {k: v["path"] for k, v in flavor["artifacts"].items()} == {"save_pretrained": "artifacts/save_pretrained"}
     # The model's description travels inside the save_pretrained copy, byte for byte.
     assert (local / "artifacts/save_pretrained/nerpipe_model.json").read_bytes() == (

@@ -351,7 +351,8 @@ class EvaluateParams:
     """Windows per forward pass when predicting."""
     bootstrap_samples: int = check(1000, at_least(MIN_RESAMPLES, " (the interval's 2.5th and 97.5th percentiles "
                                                               "need that many resamples)"))
-    """Resamples of the sentences behind each F1's 95% interval (docs/experiments.md, "Confidence intervals and significance")."""
+    """Resamples behind each F1's 95% interval, of the split's documents (or its sentences, in a corpus without
+    -DOCSTART- markers): docs/experiments.md, "Confidence intervals and significance"."""
     bootstrap_seed: int = 0
     """Seed of those resamples: the same seed and predictions give the same intervals."""
 
@@ -473,7 +474,9 @@ def load_params(path="params.yaml"):
 
 # The sections of params.yaml the train stage reads: dvc.yaml lists them as its params, and
 # tests/test_pipeline_e2e.py checks at run time that it reads these and nothing else. The data.* keys are
-# in its checkpoints' settings and MLflow params; evaluate.* is never its business.
+# MLflow params only: a checkpoint's settings (nerpipe.train.checkpoints.trajectory_params) leave them out,
+# since the prepared data's own digest is in them, whatever source it came from; evaluate.* is never its
+# business.
 TRAIN_SECTIONS = ("lr", "data", "model", "prepare", "train", "mlflow")
 
 

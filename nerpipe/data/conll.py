@@ -124,10 +124,19 @@ def label_list(tag_sequences):
     return ["O"] + [f"{prefix}-{t}" for t in types for prefix in ("B", "I")]
 
 
-def format_predictions(sentences_words, gold_tags, pred_tags):
-    """CoNLL text `word gold pred`, a blank line after each sentence: the input conlleval reads."""
-    lines = []
-    for words, gold, pred in zip(sentences_words, gold_tags, pred_tags):
+DOCSTART_LINE = "-DOCSTART- O O"  # as CoNLL-2003 writes it, in the three columns; conlleval skips it
+
+
+def format_predictions(sentences_words, gold_tags, pred_tags, doc_ids=None):
+    """CoNLL text `word gold pred`, a blank line after each sentence: the input conlleval reads. Where
+    `doc_ids` (one per sentence) name more than one document, a `-DOCSTART-` line and a blank line open
+    each document, as in the corpus, so that the document bootstrap can be computed from the file."""
+    documents = doc_ids is not None and len(set(doc_ids)) > 1
+    lines, previous = [], None
+    for i, (words, gold, pred) in enumerate(zip(sentences_words, gold_tags, pred_tags)):
+        if documents and (i == 0 or doc_ids[i] != previous):
+            lines += [DOCSTART_LINE, ""]
+            previous = doc_ids[i]
         lines += [f"{w} {g} {p}" for w, g, p in zip(words, gold, pred)]
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -140,13 +149,22 @@ def read_predictions(path):
 
 def parse_predictions(text):
     """(words, gold, pred) of the text of a `word gold pred` file (read from a file or a revision)."""
-    words, gold, pred, sentence = [], [], [], []
+    return parse_prediction_documents(text)[:3]
+
+
+def parse_prediction_documents(text):
+    """(words, gold, pred, doc_ids) of the text of a `word gold pred` file: doc_ids numbers the
+    `-DOCSTART-` documents of each sentence (0, 1, ...), None in a file without such lines."""
+    words, gold, pred, doc_ids, sentence, doc_id = [], [], [], [], [], -1
     for line in list(text.splitlines()) + [""]:
-        if line.strip():
+        if line.split()[:1] == ["-DOCSTART-"]:
+            doc_id += 1
+        elif line.strip():
             sentence.append(line.split())
         elif sentence:
             words.append([c[0] for c in sentence])
             gold.append([c[-2] for c in sentence])
             pred.append([c[-1] for c in sentence])
+            doc_ids.append(max(doc_id, 0))
             sentence = []
-    return words, gold, pred
+    return words, gold, pred, (doc_ids if doc_id >= 0 else None)

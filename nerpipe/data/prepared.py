@@ -51,6 +51,7 @@ class PreparedSplit:
             raise UserError(f"{base}: prepared data not found; run `dvc repro prepare` first") from None
         self.words = self.sentences["words"]
         self.gold = self.sentences["tags"]
+        self.doc_ids = self.sentences["doc_id"]  # the bootstrap resamples documents (nerpipe.evaluate.bootstrap)
 
 
 def read_labels(directory):

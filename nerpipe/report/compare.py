@@ -12,11 +12,14 @@ read from git or the DVC cache), `workspace` (the files on disk), a directory ho
 or an MLflow run id (32 hex digits, or runs:/<id>). Both must hold the same sentences and gold tags:
 predictions of different splits cannot be paired, and are refused.
 
-The test resamples the sentences of the split 1,000 times (--resamples, seeded by --seed) and applies
-the same resample to both runs (nerpipe.evaluate.bootstrap): Δ = F1(B) - F1(A), the percentile
-interval of the resampled Δ, and the two-sided p-value of Berg-Kirkpatrick et al.'s shift test. Seed
-groups read params.yaml and reports/eval/metrics.json at each revision (docs/experiments.md,
-"Confidence intervals and significance").
+The test resamples the documents of the split (its sentences where the files hold no `-DOCSTART-`
+markers) 1,000 times (--resamples, seeded by --seed) and applies the same resample to both runs
+(nerpipe.evaluate.bootstrap): Δ = F1(B) - F1(A), the percentile interval of the resampled Δ, and a
+two-sided shift p-value. One comparison is declared primary before looking: overall test F1, tested
+at 0.05 as it is. Every other row (dev, and each entity type) is one more test of the same two runs,
+so its p-value is Holm-adjusted over those rows, and they are exploratory. Seed groups read params.yaml
+and reports/eval/metrics.json at each revision (docs/experiments.md, "Confidence intervals and
+significance").
 """
 
 import json
@@ -37,6 +40,7 @@ PARAMS = "params.yaml"
 WORKSPACE = "workspace"
 RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-f]{32})/?$")
 ALPHA = 0.05
+PRIMARY = ("test", None)  # the one pre-declared comparison: overall test F1; every other row is exploratory
 SEED_KEY = "train.seed"
 
 
@@ -95,10 +99,12 @@ def _read_run_artifact(run_id, artifact):
 
 
 def paired_predictions(text_a, text_b, name_a, name_b, path):
-    """(gold, pred A, pred B) of two predictions files; UserError unless they hold the same sentences."""
-    from nerpipe.data.conll import parse_predictions
+    """(gold, pred A, pred B, document ids) of two predictions files; UserError unless they hold the same
+    sentences in the same documents."""
+    from nerpipe.data.conll import parse_prediction_documents
 
-    (words_a, gold_a, pred_a), (words_b, gold_b, pred_b) = parse_predictions(text_a), parse_predictions(text_b)
+    (words_a, gold_a, pred_a, docs_a), (words_b, gold_b, pred_b, docs_b) = (
+        parse_prediction_documents(text_a), parse_prediction_documents(text_b))
     if len(words_a) != len(words_b):
         raise UserError(f"{path}: {name_a} has {len(words_a)} sentences, {name_b} {len(words_b)}; only "
                         "predictions of the same split can be compared")
@@ -108,20 +114,47 @@ def paired_predictions(text_a, text_b, name_a, name_b, path):
             raise UserError(f"{path}: sentence {i + 1} has other {what} in {name_b} than in {name_a} "
                             f"({' '.join(wa[:8])!r} vs {' '.join(wb[:8])!r}); only predictions of the same "
                             "split can be compared (was the data or prepare changed?)")
-    return gold_a, pred_a, pred_b
+    if docs_a != docs_b:  # a file written before document ids were kept: resample the sentences of both
+        docs_a = None
+    return gold_a, pred_a, pred_b, docs_a
 
 
 def compare_runs(repo, a, b, resamples=1000, seed=0, mode="conlleval", splits=SPLITS):
-    """{split: {None or entity type: paired_bootstrap result}} of B against A."""
+    """{split: {None or entity type: paired_bootstrap result}} of B against A, each with "p_holm": its
+    p-value itself for the PRIMARY comparison, Holm-adjusted over all the other (exploratory) rows."""
     from nerpipe.evaluate.bootstrap import paired_bootstrap
 
     results = {}
     for split in splits:
         path = PREDICTIONS.format(split=split)
-        gold, pred_a, pred_b = paired_predictions(read_source(repo, a, path), read_source(repo, b, path),
-                                                  a or WORKSPACE, b or WORKSPACE, path)
-        results[split] = paired_bootstrap(gold, pred_a, pred_b, mode, resamples, seed)
-    return results
+        gold, pred_a, pred_b, doc_ids = paired_predictions(read_source(repo, a, path), read_source(repo, b, path),
+                                                           a or WORKSPACE, b or WORKSPACE, path)
+        results[split] = paired_bootstrap(gold, pred_a, pred_b, mode, resamples, seed, doc_ids)
+    return with_holm(results)
+
+
+def with_holm(results):
+    """results with "p_holm" in each row: the primary row's own p, Holm over the exploratory rows."""
+    from nerpipe.evaluate.bootstrap import holm_adjusted
+
+    rows = [(split, t) for split, per_type in results.items() for t in per_type if (split, t) != PRIMARY]
+    adjusted = dict(zip(rows, holm_adjusted([results[split][t]["p_value"] for split, t in rows])))
+    return {split: {t: {**r, "p_holm": r["p_value"] if (split, t) == PRIMARY else adjusted[split, t]}
+                    for t, r in per_type.items()} for split, per_type in results.items()}
+
+
+def is_primary(split, entity_type):
+    return (split, entity_type) == PRIMARY
+
+
+def significant(result):
+    """Significant at ALPHA after the correction ("p_holm"; the primary row's own p)."""
+    return result["p_holm"] < ALPHA
+
+
+def unit_phrase(result):
+    """What the test resampled, in words: "231 documents"."""
+    return f"{result['units']} {result['unit']}s"
 
 
 def by_metric_name(results, mode="conlleval"):
@@ -143,28 +176,32 @@ def summary_sentence(result, split="test", a="A", b="B"):
     """The difference in words, for the PR comment and `nerpipe compare`."""
     delta = 100 * result["delta"]
     direction = "the same as" if delta == 0 else f"{abs(delta):.2f} points {'above' if delta > 0 else 'below'}"
+    units = f"{split} {result['unit']}s"
     if result["p_value"] < ALPHA:
-        verdict = (f"significant at {ALPHA}: a resampling of the {split} sentences rarely gives a difference "
+        verdict = (f"significant at {ALPHA}: a resampling of the {units} rarely gives a difference "
                    "this large by chance")
     else:
-        verdict = (f"not significant at {ALPHA}: within what resampling the {split} sentences gives, so not "
+        verdict = (f"not significant at {ALPHA}: within what resampling the {units} gives, so not "
                    "evidence of a real change")
     return (f"{split.capitalize()} F1 of {b} is {direction} {a} ({delta_with_interval(result)} points, 95% "
             f"interval; p = {format_p(result['p_value'])}): {verdict}.")
 
 
 def comparison_markdown(results, a, b, resamples, seed, mode):
+    units = ", ".join(f"{split}: {unit_phrase(per_type[None])}" for split, per_type in results.items())
     lines = [f"## `{b}` (B) against `{a}` (A)",
              f"Entity F1 in % ({mode} mode); Δ = B - A in points with its 95% interval; p: two-sided paired "
-             f"bootstrap over sentences (shift method, Berg-Kirkpatrick et al. 2012), {resamples} resamples, "
-             f"seed {seed}.", "",
-             "| split | type | A | B | Δ [95% interval] | p | significant at 0.05 |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             f"bootstrap shift test ({units}; {resamples} resamples, seed {seed}). The primary comparison, "
+             f"declared in advance, is overall test F1, tested at {ALPHA} as it is; every other row is "
+             "exploratory, its p Holm-adjusted over those rows (p Holm).", "",
+             f"| split | type | A | B | Δ [95% interval] | p | p Holm | significant at {ALPHA} |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for split, per_type in results.items():
         for t, r in per_type.items():
-            verdict = "yes" if r["p_value"] < ALPHA else "no"
+            verdict = ("yes" if significant(r) else "no") + (" (primary)" if is_primary(split, t) else "")
+            holm = "–" if is_primary(split, t) else format_p(r["p_holm"])
             lines.append(f"| {split} | {t or '**all**'} | {100 * r['a']:.2f} | {100 * r['b']:.2f} | "
-                         f"{delta_with_interval(r)} | {format_p(r['p_value'])} | {verdict} |")
+                         f"{delta_with_interval(r)} | {format_p(r['p_value'])} | {holm} | {verdict} |")
     if "test" in results:
         lines += ["", summary_sentence(results["test"][None], "test", a, b)]
     return "\n".join(lines) + "\n"
@@ -247,11 +284,12 @@ def seeds_markdown(groups):
 # --- command -------------------------------------------------------------------------------------------
 
 def check_resamples(resamples):
-    from nerpipe.core.params import MIN_RESAMPLES
+    from nerpipe.evaluate import bootstrap
 
-    if resamples < MIN_RESAMPLES:
-        raise UserError(f"--resamples {resamples}: at least {MIN_RESAMPLES} are needed for a 95% interval "
-                        "(1000 is usual)")
+    try:
+        bootstrap.check_resamples(resamples)
+    except ValueError as err:
+        raise UserError(f"--resamples: {err} (1000 is usual)") from None
 
 
 def add_arguments(parser):

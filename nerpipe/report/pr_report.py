@@ -7,8 +7,10 @@ changed params and the plots.
 A revision is anything DVC accepts: a branch, tag, commit or experiment name. The numbers come from
 `dvc metrics diff` and `dvc params diff`, the plots from `dvc plots diff` (the plots the stages of
 dvc.yaml declare, drawn as PNGs so a pull-request comment can show them). Each F1 delta is tested by a paired
-bootstrap over the predictions both revisions wrote (`nerpipe compare`; the summary line says in words
-whether test F1 moved by more than resampling noise). Without --out the Markdown goes
+bootstrap over the documents of the predictions both revisions wrote (`nerpipe compare`). One test is the
+primary one, declared before looking: overall test F1, at 0.05; the summary line says in words whether it
+moved by more than resampling noise. The other F1 rows (dev, per type) are exploratory: their p-values
+are Holm-adjusted over those rows. Without --out the Markdown goes
 to stdout and has no plots; with --out DIR it is written to DIR/report.md beside the PNGs it links.
 This is what the pull-request workflow posts; `make pr-report BASE=main` runs it locally.
 """
@@ -22,14 +24,17 @@ from pathlib import Path
 from nerpipe.core.atomic import write_text
 from nerpipe.core.errors import UserError, exit_on_user_error
 from nerpipe.core.params import read_yaml
-from nerpipe.evaluate.metrics import flatten_metrics, headline_rows, type_order
+from nerpipe.evaluate.metrics import flatten_metrics, headline_rows, metric_name, type_order
 from nerpipe.report.compare import (
     ALPHA,
+    PRIMARY,
     by_metric_name,
     check_resamples,
     compare_runs,
     format_p,
+    significant,
     summary_sentence,
+    unit_phrase,
 )
 
 # pandas and matplotlib are imported where they are used: the `nerpipe` CLI imports every command
@@ -95,7 +100,7 @@ def metrics_table(metrics_diff, paired=None):
     """Markdown table from `dvc metrics diff --all --json` output; F1 in %, deltas in points. paired:
     {metric name: paired bootstrap result} (nerpipe.report.compare) for the interval and p columns."""
     paired = paired or {}
-    lines = ["| metric | base | PR | Δ | Δ 95% interval | p (significant at 0.05?) |",
+    lines = [f"| metric | base | PR | Δ | Δ 95% interval | p (significant at {ALPHA}?) |",
              "|---|---:|---:|---:|---:|---|"]
     names = dict(headline_rows(*(_revision_file(metrics_diff.get(EVAL_METRICS, {}), side) for side in ("old", "new"))))
     for label, old, new, unit in metric_rows(metrics_diff):
@@ -106,11 +111,14 @@ def metrics_table(metrics_diff, paired=None):
 
 
 def _significance_cells(result):
+    """The primary row: its p and verdict. Every other row: its Holm-adjusted p, and exploratory."""
     if result is None:
         return "– | –"
-    verdict = "significant" if result["p_value"] < ALPHA else "not significant"
+    verdict = "significant" if significant(result) else "not significant"
     interval = f"[{100 * result['ci_low']:+.2f}, {100 * result['ci_high']:+.2f}]"
-    return f"{interval} | {format_p(result['p_value'])}, {verdict}"
+    if result.get("primary"):
+        return f"{interval} | {format_p(result['p_value'])}, {verdict} (primary)"
+    return f"{interval} | Holm {format_p(result['p_holm'])}, {verdict} (exploratory)"
 
 
 def paired_tests(repo, base, head, resamples, seed):
@@ -120,8 +128,16 @@ def paired_tests(repo, base, head, resamples, seed):
         results = compare_runs(repo, base, head, resamples, seed)
     except UserError as err:
         return {}, f"No significance test: {err}"
-    return by_metric_name(results), "**" + summary_sentence(results["test"][None], "test", f"`{base}`",
+    split, entity_type = PRIMARY
+    results[split][entity_type] = {**results[split][entity_type], "primary": True}
+    return by_metric_name(results), "**" + summary_sentence(results[split][entity_type], split, f"`{base}`",
                                                             f"`{head or 'working tree'}`") + "**"
+
+
+def _units(paired):
+    """What the bootstrap resampled: "documents" or "sentences" (the unit of the test split's files)."""
+    primary = paired.get(metric_name(PRIMARY[0], "conlleval", "f1", PRIMARY[1]))
+    return f"{primary['unit']}s ({unit_phrase(primary)} in test)" if primary else "documents"
 
 
 def params_table(params_diff):
@@ -251,9 +267,10 @@ def build_report(repo, base, head=None, out_dir=None, resamples=1000, seed=0):
     head_name = head or "working tree"
     parts = [f"## NER metrics: `{head_name}` (PR) against `{base}` (base)", summary,
              "Entity-level micro F1 in % (conlleval mode); Δ is PR minus base, in points (seconds for train time); "
-             "– where a revision has no value. Δ's interval and p: paired bootstrap over the split's sentences "
-             f"(`nerpipe compare {base} {head or 'workspace'}`, {resamples} resamples, seed {seed}); "
-             "significant where p < 0.05.",
+             "– where a revision has no value. Δ's interval and p: paired bootstrap over the split's "
+             f"{_units(paired)} (`nerpipe compare {base} {head or 'workspace'}`, {resamples} resamples, seed "
+             f"{seed}). Primary test, declared in advance: test F1, significant where p < {ALPHA}. Every other "
+             f"row is exploratory: its p is Holm-adjusted over those rows, significant where that is < {ALPHA}.",
              metrics_table(metrics, paired), "### Changed params", params_table(params)]
     if not metrics:
         parts.insert(3, f"Neither revision has {EVAL_METRICS} or {TRAIN_METRICS}: run the pipeline and commit "

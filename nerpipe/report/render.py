@@ -75,22 +75,30 @@ def headline_table(metrics):
 
 
 def interval_note(metrics):
-    """The sentence under the headline table that says what the bracketed intervals are."""
+    """The sentence under the headline table that says what the bracketed intervals are and which unit
+    the bootstrap resampled (documents, or sentences in a corpus without document markers)."""
     if "f1_ci_low" not in scores_in(metrics, "test"):
         return "No confidence intervals: this metrics.json predates them (re-run `dvc repro evaluate`)."
-    return ("F1 [95% interval]: a bootstrap over the split's sentences (evaluate.bootstrap_samples resamples, "
-            "seeded by evaluate.bootstrap_seed); `nerpipe compare` tests a difference between two runs.")
+    bootstrap = {split: metrics[split]["bootstrap"] for split in SPLITS if "bootstrap" in metrics.get(split, {})}
+    over = ("the split's sentences" if not bootstrap else  # a file from before the unit was recorded
+            "the split's " + ", ".join(f"{b['units']} {split} {b['unit']}s" for split, b in bootstrap.items()))
+    return (f"F1 [95% interval]: a bootstrap over {over} (evaluate.bootstrap_samples resamples, seeded by "
+            "evaluate.bootstrap_seed); `nerpipe compare` tests a difference between two runs.")
 
 
 def method_line(method, train):
-    """What the fine-tuning method trained and what it cost, from reports/train/metrics.json and the
-    train stage's timings file (peak memory, speed)."""
-    gpu = f", peak GPU memory {train['peak_gpu_mib']:,.0f} MiB" if "peak_gpu_mib" in train else ""
+    """What the fine-tuning method trained, from reports/train/metrics.json. Its cost in time and memory
+    is in reports/timings/train.json, not here: report.md is a DVC output, the same bytes for the same
+    inputs, and those numbers differ on every run."""
     adapter = f"; adapter {train['adapter_mib']:.2f} MiB" if train["adapter_mib"] else ""
     return (f"Fine-tuning method **{method}**: {train['trainable_parameters']:,} of {train['total_parameters']:,} "
             f"parameters trained ({train['trainable_percent']:.2f}%){adapter}; AdamW state "
-            f"{train['optimizer_state_mib']:.1f} MiB; peak RSS {train['peak_rss_mib']:,.0f} MiB{gpu}; "
-            f"{train['train_sentences_per_second']} sentences/s.")
+            f"{train['optimizer_state_mib']:.1f} MiB.")
+
+
+TIMINGS_NOTE = ("Wall times, speed and peak memory of each stage are in reports/timings/<stage>.json and in the "
+                "model's MLflow run (stage_seconds.*), not in this report: they differ on every run, and this "
+                "report is a DVC output, the same bytes for the same inputs.")
 
 
 def errors_section(summary):
@@ -102,17 +110,3 @@ def errors_section(summary):
             lines.append(f"- gold: {ex['gold']}\n  <br>pred: {ex['pred']}")
         lines.append("")
     return "\n".join(lines) if lines else "No entity errors on the test set."
-
-
-# The parts of a stage's wall time that its timings file names, as the report's table calls them.
-TIMED_PARTS = {"train_seconds": "optimizer steps", "dev_eval_seconds": "dev evaluations", "dev_seconds": "dev",
-               "test_seconds": "test"}
-
-
-def timings_table(timings):
-    """Each stage's wall time and its parts, from the timings files ({stage: {"seconds": s, ...}})."""
-    rows = ["| stage | seconds |", "|---|---:|"]
-    for stage, values in timings.items():
-        rows.append(f"| {stage} | {values['seconds']:.1f} |")
-        rows += [f"| {stage}: {name} | {values[key]:.1f} |" for key, name in TIMED_PARTS.items() if key in values]
-    return "\n".join(rows)

@@ -10,7 +10,7 @@ from pathlib import Path
 from nerpipe.core.params import read_yaml
 
 
-def provenance_tags(params, device, stats_file):
+def provenance_tags(device, stats_file):
     """The tags of a training run. The data tags are what download found (data.sha256 may be "" for a
     local directory), as prepare copied them into `stats_file` (the prepared data's stats.json)."""
     import torch

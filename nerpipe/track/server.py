@@ -34,32 +34,38 @@ def is_server(uri):
 
 def check_reachable(uri, hint):
     """A UserError within seconds if `uri` is a tracking server that does not answer (MLflow's own
-    client would retry for minutes). `hint` says what to do about it."""
+    client would retry for minutes), or refuses our credentials. `hint` says what to do about it."""
     if not is_server(uri):
         return
-    import requests
-
-    try:
-        response = requests.get(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S)
-    except requests.RequestException as err:
-        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(err))
-        reason = (f"no answer within {REACH_TIMEOUT_S} s" if isinstance(err, requests.Timeout)
-                  else errno.group(0) if errno else type(err).__name__)
-        raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached: {reason}; "
-                        f"{hint}") from None
+    response = _get(uri, "/health", hint)
     if response.status_code >= 500 or response.status_code in (401, 403):
         raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) answered HTTP "
                         f"{response.status_code} {response.reason}; {hint}")
     # /health needs no sign-in: ask something that does, so that missing or wrong credentials say so.
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    signed = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                          auth=(user, password) if user and password else None, timeout=REACH_TIMEOUT_S,
-                          headers={"Authorization": f"Bearer {token}"} if token else None)
+    signed = _get(uri, "/api/2.0/mlflow/experiments/search", hint, params={"max_results": 1},
+                  auth=(user, password) if user and password else None,
+                  headers={"Authorization": f"Bearer {token}"} if token else None)
     if signed.status_code in (401, 403):
         raise UserError(f"MLflow tracking server {uri} refused {f'user {user!r}' if user else 'a request without a user'}"
                         f" (HTTP {signed.status_code}): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
                         "to the user and password the server's admin gave you (make tracking-user)")
+
+
+def _get(uri, path, hint, **kwargs):
+    """requests.get of `path` on the server; a UserError naming the reason where no answer comes (the
+    server can go away between the two requests of check_reachable)."""
+    import requests
+
+    try:
+        return requests.get(f"{uri.rstrip('/')}{path}", timeout=REACH_TIMEOUT_S, **kwargs)
+    except requests.RequestException as err:
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(err))
+        why = (f"no answer within {REACH_TIMEOUT_S} s" if isinstance(err, requests.Timeout)
+               else errno.group(0) if errno else type(err).__name__)
+        raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached: {why}; "
+                        f"{hint}") from None
 
 
 def answers(uri):

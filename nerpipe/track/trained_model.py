@@ -3,6 +3,7 @@ the best model as an MLflow model. Apart from the other nerpipe.track modules so
 only resume a run (evaluate, report) do not import the model code.
 """
 
+import modulefinder
 import shutil
 import tempfile
 from importlib.metadata import version
@@ -52,12 +53,34 @@ def _log_model(model_dir, register_as=""):
     package = Path(nerpipe.__file__).parent
     usage_settings(model_dir)  # the served model reads its windows, context and precision from the copy
     with tempfile.TemporaryDirectory(prefix="nerpipe-log-model-") as tmp:
-        # MLflow names each artifact after its source: artifacts/save_pretrained/.
+        # MLflow names each artifact after its source: artifacts/save_pretrained/ and code/nerpipe/.
         saved = shutil.copytree(model_dir, Path(tmp) / "save_pretrained")
+        code = Path(tmp) / "code" / package.name
+        for file in prediction_code(package):
+            (code / file.relative_to(package)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, code / file.relative_to(package))
         mlflow.pyfunc.log_model(
-            name="model", python_model=str(package / "predict" / "pyfunc_model.py"), code_paths=[str(package)],
+            name="model", python_model=str(package / "predict" / "pyfunc_model.py"), code_paths=[str(code)],
             artifacts={"save_pretrained": str(saved)},
             pip_requirements=[_pinned(name) for name in REQUIREMENTS], registered_model_name=register_as or None)
+
+
+def prediction_code(package):
+    """The files of `package` (nerpipe's directory) that the logged model runs: predict/pyfunc_model.py and
+    every package module it imports, at any depth (the standard library's modulefinder, which reads the
+    code without running it), and every fine-tuning method module, which nerpipe.model.methods imports by
+    name (the model's method) at run time. Not the training, tracking, report or bench-only code."""
+    with tempfile.TemporaryDirectory(prefix="nerpipe-imports-") as tmp:
+        # A path with the package alone: modulefinder then never reads torch's or transformers' code.
+        (Path(tmp) / package.name).symlink_to(package.resolve(), target_is_directory=True)
+        finder = modulefinder.ModuleFinder(path=[tmp])
+        finder.run_script(str(package / "predict" / "pyfunc_model.py"))
+        names = [name.split(".")[1:] for name in finder.modules if name.split(".")[0] == package.name]
+    files = {package / "predict" / "pyfunc_model.py", *(package / "model" / "methods").glob("*.py")}
+    for parts in names:  # module a.b is a/b.py, or a/b/__init__.py for a package
+        file = package.joinpath(*parts).with_suffix(".py") if parts else package / "__init__.py"
+        files.add(file if file.is_file() else package.joinpath(*parts, "__init__.py"))
+    return sorted(files)
 
 
 def _pinned(name):

@@ -77,7 +77,7 @@ def training_run(experiment_id, params, checkpoints, device, prepared):
         run = mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id,
                                run_name=os.environ.get("DVC_EXP_NAME"))
         log_params(flatten(params, TRAIN_SECTIONS))
-        mlflow.set_tags(provenance_tags(params, device, Path(prepared) / "stats.json"))
+        mlflow.set_tags(provenance_tags(device, Path(prepared) / "stats.json"))
     checkpoints.run_id = run.info.run_id
     print(f"MLflow run {run.info.run_id} ({'resumed with the checkpoint' if resumed else 'new'}) in {tracking_uri()}")
     held = None if sqlite_file(tracking_uri()) else HeldMetrics(tracking_uri(), run.info.run_id, held_file)

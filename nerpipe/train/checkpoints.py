@@ -36,12 +36,16 @@ from nerpipe.model.methods import save_trained
 
 
 # The code that decides what a training computes, step by step (module names; a package covers its
-# modules): the setup (run), the loop and its batches, checkpoints, processes, model loading and the
-# methods, and the dev scoring that picks the best model and stops early. A change to it discards a
-# checkpoint; a change to any other module (tracking, reports, export, prediction) resumes it.
-TRAJECTORY_CODE = ("nerpipe.train.run", "nerpipe.train.loop", "nerpipe.train.checkpoints", "nerpipe.train.distributed",
-                   "nerpipe.data.batching", "nerpipe.data.prepared", "nerpipe.model", "nerpipe.evaluate.inference",
-                   "nerpipe.evaluate.scoring")
+# modules): the model and the fit it starts (trajectory), the loop and its batches, checkpoints,
+# processes, the data the steps see, the model's loading, forward pass (families, device: precision and
+# padding) and methods, and the dev scoring that picks the best model and stops early. A change to it
+# discards a checkpoint; a change to any other module resumes it: the stage's wiring (run: MLflow,
+# export, reports), the exported model's description, tracking, reports and prediction. So the fix for a
+# failure after training keeps the final checkpoint that finish() holds back for exactly that case.
+TRAJECTORY_CODE = ("nerpipe.train.trajectory", "nerpipe.train.loop", "nerpipe.train.checkpoints",
+                   "nerpipe.train.distributed", "nerpipe.data.batching", "nerpipe.data.prepared",
+                   "nerpipe.model.loading", "nerpipe.model.families", "nerpipe.model.device", "nerpipe.model.methods",
+                   "nerpipe.evaluate.inference", "nerpipe.evaluate.scoring")
 
 
 def trajectory_params(params):

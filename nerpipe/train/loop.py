@@ -229,14 +229,6 @@ def run_step(model, step, device, bf16, world=World()):
     return total
 
 
-def train_step(model, group, train, lengths, pad_id, device, bf16, world=World(), widths=()):
-    """collate_step then run_step, in one call: (loss tensor, sentences, sub-tokens) of the step `group`."""
-    config = getattr(model, "module", model).config  # under DDP the model is its .module
-    step = collate_step(group, train, lengths, pad_id, pad_multiple(device),
-                        getattr(config, "max_position_embeddings", None), world, widths)
-    return run_step(model, step, device, bf16, world), step.sentences, step.subtokens
-
-
 def synchronize(device):
     """Wait for the GPU's queued work: CUDA runs asynchronously. Nothing to wait for elsewhere."""
     if device.type == "cuda":

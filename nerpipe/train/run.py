@@ -4,6 +4,8 @@ write data/model and the reports, record the run to MLflow.
 Every process trains (train.processes > 1: torchrun, nerpipe.train.distributed); the main one alone
 records to MLflow and writes the outputs. The checkpoint policy is nerpipe.train.checkpoints'; here it
 is applied: settings from trajectory_params, and finish() only once everything is written and logged.
+What the training computes is set up in nerpipe.train.trajectory: this module is only the wiring
+around it (MLflow, export, reports), outside the checkpoint's code digest.
 """
 
 import time
@@ -13,15 +15,15 @@ from pathlib import Path
 
 from nerpipe.data.prepared import PreparedSplit, read_labels
 from nerpipe.model.device import pick_device, set_tf32, use_bf16
-from nerpipe.model.loading import count_parameters, load_for_training, load_tokenizer
-from nerpipe.model.methods import prepare_for_training
+from nerpipe.model.loading import count_parameters, load_tokenizer
 from nerpipe.track.store import connect
 from nerpipe.track.trained_model import log_training
 from nerpipe.track.training_run import training_run
 from nerpipe.train.checkpoints import Checkpoints, run_settings, trajectory_params
 from nerpipe.train.distributed import close_world, init_world, launch
-from nerpipe.train.loop import DevSet, RunContext, dev_scorer, fit, plan_steps
+from nerpipe.train.loop import plan_steps
 from nerpipe.train.outputs import export_model, write_reports
+from nerpipe.train.trajectory import train_on, training_model
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,7 @@ def train_model(params, paths):
 def _train(params, paths, world, device, started):
     # An unreachable tracking server fails here, in seconds, before the model loads.
     experiment_id = connect(params.mlflow.experiment) if world.is_main else None
-    model = prepare_for_training(load_for_training(params.model.name, read_labels(paths.data), params.train.dropout,
-                                                   params.train.seed), params.train, params.prepare.max_length)
+    model = training_model(params, read_labels(paths.data))
     tokenizer = load_tokenizer(params.model.name)
     bf16 = use_bf16(params.train.bf16, device)
     tf32 = set_tf32(device, bf16)
@@ -62,11 +63,8 @@ def _train(params, paths, world, device, started):
     recording = (training_run(experiment_id, params, checkpoints, device, paths.data) if world.is_main
                  else nullcontext())
     with recording as run:
-        devset = DevSet(dev.examples, dev.words, dev.gold, model.config.id2label, params.train.batch_size)
-        state = fit(model.to(device), train_split.examples, RunContext(
-            params.train, params.lr, tokenizer.pad_token_id, device, bf16, checkpoints,
-            evaluate_dev=dev_scorer(devset, tokenizer.pad_token_id, device, bf16),
-            log_metrics=run.step_logger(steps_per_epoch) if run else (lambda metrics, step: None), world=world))
+        state = train_on(model, train_split, dev, params, tokenizer.pad_token_id, device, bf16, checkpoints,
+                         run.step_logger(steps_per_epoch) if run else (lambda metrics, step: None), world)
         if not world.is_main:
             return None
         export_model(checkpoints.best_dir, tokenizer, paths.model_out, paths.data, params)

@@ -50,7 +50,7 @@ inside() {  # a login with nothing of the host's environment: no PIP_*, no pip.c
         bash -c "set -o pipefail; cd /root/nerpipe && $1"
 }
 echo "# Debian $release ($(inside 'python3 --version')), nerpipe $commit, TORCH=$torch, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-inside 'ls /etc/pip.conf /etc/xdg/pip ~/.config/pip 2>/dev/null | wc -l | sed "s/^/pip configuration files: /"'
+inside 'n=$(ls -d /etc/pip.conf /etc/xdg/pip ~/.config/pip ~/.pip 2>/dev/null | wc -l); echo "pip configuration files: $n"'
 step inside "make setup TORCH=$torch 2>&1 | grep -v '^WARNING' | tail -5"
 step inside "make pr-profile DATA=/data/conll2003 MODEL=/model >/dev/null && make repro 2>&1 | grep -E '^(device|time left)|Running stage'"
 step inside "head -c 400 reports/eval/metrics.json; echo"

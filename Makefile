@@ -27,9 +27,14 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first, without dependencies (the lock holds them); a stamp per build, so that another TORCH
+# Exactly the lock, nothing resolved at install time.
+$(VENV)/.locked: $(BIN)/activate $(LOCK)
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	touch $@
+
+# Then torch, without dependencies (the lock holds them); a stamp per build, so that another TORCH
 # replaces it.
-$(VENV)/.torch-$(TORCH_BUILD): $(BIN)/activate $(TORCH_LOCK)
+$(VENV)/.torch-$(TORCH_BUILD): $(VENV)/.locked $(TORCH_LOCK)
 	@case "$(TORCH_BUILD)" in cpu|cuda|macos) ;; *) echo "TORCH=$(TORCH): use TORCH=cpu or TORCH=cuda" >&2; exit 2;; esac
 	rm -f $(VENV)/.torch-*
 ifeq ($(TORCH_BUILD),cpu)
@@ -41,11 +46,10 @@ endif
 	$(BIN)/python -c "import torch; print('torch', torch.__version__)"
 	touch $@
 
-# Exactly the lock, nothing resolved at install time. Then nerpipe itself, editable, without dependencies.
-# tools/venv-path.pth puts .venv/bin first on the PATH of every program the venv's Python runs, so the
-# stages' `python` (dvc.yaml) is the venv's under `.venv/bin/dvc repro` whatever the shell's PATH holds.
-$(VENV)/.installed: $(VENV)/.torch-$(TORCH_BUILD) pyproject.toml $(LOCK) tools/venv-path.pth
-	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+# Then nerpipe itself, editable, without dependencies. tools/venv-path.pth puts .venv/bin first on the
+# PATH of every program the venv's Python runs, so the stages' `python` (dvc.yaml) is the venv's under
+# `.venv/bin/dvc repro` whatever the shell's PATH holds.
+$(VENV)/.installed: $(VENV)/.torch-$(TORCH_BUILD) pyproject.toml tools/venv-path.pth
 	$(BIN)/pip install -q --no-deps -e .
 	cp tools/venv-path.pth "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/nerpipe-venv-path.pth"
 	touch $@

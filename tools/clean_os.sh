@@ -52,8 +52,9 @@ inside() {  # a login with nothing of the host's environment: no PIP_*, no pip.c
 echo "# Debian $release ($(inside 'python3 --version')), nerpipe $commit, TORCH=$torch, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 inside 'n=$(ls -d /etc/pip.conf /etc/xdg/pip ~/.config/pip ~/.pip 2>/dev/null | wc -l); echo "pip configuration files: $n"'
 step inside "make setup TORCH=$torch 2>&1 | grep -v '^WARNING' | tail -5"
-step inside "make pr-profile DATA=/data/conll2003 MODEL=/model >/dev/null && make repro 2>&1 | grep -E '^(device|time left)|Running stage'"
+step inside "make pr-profile DATA=/data/conll2003 MODEL=/model >/dev/null && make repro 2>&1 | tr '\\r' '\\n' | grep -E '^(device|time left)|Running stage'"
 step inside "head -c 400 reports/eval/metrics.json; echo"
 # The stages' `python` from a shell whose PATH has no venv (and Debian has no `python` at all).
 step inside ".venv/bin/dvc repro --force check_params 2>&1 | tail -3"
-step inside "make test 2>&1 | tail -15"
+# The whole output stays in the root (/root/make-test.log), to follow while it runs.
+step inside "make test 2>&1 | tee /root/make-test.log | tail -15"

@@ -16,8 +16,9 @@ TORCH_VERSION := $(shell [ -f $(TORCH_LOCK) ] && sed -nE 's/^torch==([^ ;]+).*/\
 UV_VERSION := 0.13.10
 # TORCH=cpu: PyTorch's CPU build of that version from TORCH_INDEX, an index URL or a directory of wheels
 # (checked by version only: its hashes are not on the package index). TORCH=cuda: requirements-torch.lock.
-# Default: cuda where nvidia-smi is found, else cpu.
-TORCH ?= $(if $(shell command -v nvidia-smi),cuda,cpu)
+# Default: the build installed already (its stamp), else cuda where nvidia-smi is found, else cpu; so a
+# later `make repro` keeps what `make setup TORCH=cuda` installed.
+TORCH ?= $(or $(patsubst $(VENV)/.torch-%,%,$(firstword $(wildcard $(VENV)/.torch-*))),$(if $(shell command -v nvidia-smi),cuda,cpu))
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_BUILD := $(if $(filter Darwin,$(shell uname -s)),macos,$(TORCH))
 

@@ -37,7 +37,6 @@ $(VENV)/.locked: $(BIN)/activate $(LOCK)
 # replaces it.
 $(VENV)/.torch-$(TORCH_BUILD): $(VENV)/.locked $(TORCH_LOCK)
 	@case "$(TORCH_BUILD)" in cpu|cuda|macos) ;; *) echo "TORCH=$(TORCH): use TORCH=cpu or TORCH=cuda" >&2; exit 2;; esac
-	rm -f $(VENV)/.torch-*
 ifeq ($(TORCH_BUILD),cpu)
 	$(BIN)/pip install -q --no-deps $(if $(wildcard $(TORCH_INDEX)),--no-index --find-links $(TORCH_INDEX),--index-url $(TORCH_INDEX)) \
 	  "torch==$(TORCH_VERSION)+cpu"
@@ -45,7 +44,7 @@ else
 	$(BIN)/pip install -q --require-hashes --no-deps -r $(TORCH_LOCK)
 endif
 	$(BIN)/python -c "import torch; print('torch', torch.__version__)"
-	touch $@
+	rm -f $(VENV)/.torch-* && touch $@
 
 # Then nerpipe itself, editable, without dependencies. tools/venv-path.pth puts .venv/bin first on the
 # PATH of every program the venv's Python runs, so the stages' `python` (dvc.yaml) is the venv's under

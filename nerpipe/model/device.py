@@ -11,6 +11,14 @@ def pick_device():
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def torch_build():
+    """The torch that runs, as its install names it: `torch 2.13.0+cpu`, `torch 2.13.0+cu130 (CUDA 13.0)`, or
+    `torch 2.13.0 (MPS)` on a Mac. A CUDA build also runs on a machine without a GPU, and says so here."""
+    accelerator = (f" (CUDA {torch.version.cuda})" if torch.version.cuda
+                   else " (MPS)" if torch.backends.mps.is_available() else "")
+    return f"torch {torch.__version__}{accelerator}"
+
+
 def use_bf16(setting, device):
     """'auto': on CUDA GPUs and CPUs that run bf16 natively -- compute capability 8.0 and later (Ampere
     on), avx512_bf16 or AMX -- where bf16 matmuls run at about twice the fp32 rate (BENCHMARKS.md "bf16 on this CPU").

@@ -25,6 +25,7 @@ from nerpipe.model.device import autocast, pad_multiple
 from nerpipe.train.distributed import World, rng_state, seed_rank, set_rng_state
 
 LOG_EVERY = 10  # optimizer steps between loss/lr rows in the history: ~100 points per CoNLL epoch
+ESTIMATE_AFTER = 10  # steps of a run before it prints the time left (bert-base on a CPU: hours)
 PREFETCH = 4  # steps collated ahead on CUDA
 
 
@@ -298,6 +299,7 @@ def fit(model, train, run):
         return collate_step(group, train, lengths, run.pad_id, multiple, limit, world, tuple(cfg.static_widths))
 
     clock = StepClock(run.device)
+    estimate_at, loop_started, eval_before = state.step + ESTIMATE_AFTER, time.perf_counter(), state.eval_seconds
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not run.is_main_process)
     with StopRequest() as stop:
@@ -333,6 +335,9 @@ def fit(model, train, run):
                     state.train_seconds += clock.collect()
                     _evaluate(model, state, progress, run, warmup_steps)
                 bar.update(1)
+                if state.step == estimate_at and state.step < total_steps:
+                    seconds = time.perf_counter() - loop_started - (state.eval_seconds - eval_before)
+                    _on_main(run, tqdm.write, time_left(seconds, ESTIMATE_AFTER, total_steps - state.step))
                 bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}" if state.history else "-",
                                 lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                 dev_f1=f"{state.best_dev_f1:.4f}" if state.dev_evals else "-")
@@ -389,6 +394,16 @@ def _save_checkpoint(model, optimizer, scheduler, state, run):
         state = dataclasses.replace(state, loss_sum=float(world.sum(state.loss_sum)))
     rngs = world.gather_to_main(rng_state(run.device)) if world.distributed else None
     _on_main(run, run.checkpoints.save, model, optimizer, scheduler, state, rngs)
+
+
+def time_left(seconds, steps_done, steps_left):
+    """The estimate printed after the first steps: `seconds` of training for `steps_done` steps, in words."""
+    per_step = seconds / steps_done
+    left = per_step * steps_left
+    hours, minutes = divmod(round(left / 60), 60)
+    words = f"{hours} h {minutes} min" if hours else f"{minutes} min" if minutes else f"{round(left)} s"
+    return (f"time left: about {words} for {steps_left:,} more steps ({per_step:.2f} s per step over the first "
+            f"{steps_done}), plus the dev evaluations")
 
 
 def _finished(state, total_steps):

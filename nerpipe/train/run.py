@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nerpipe.data.prepared import PreparedSplit, read_labels
-from nerpipe.model.device import pick_device, set_tf32, use_bf16
+from nerpipe.model.device import pick_device, set_tf32, torch_build, use_bf16
 from nerpipe.model.loading import count_parameters, load_tokenizer
 from nerpipe.track.store import connect
 from nerpipe.track.trained_model import log_training
@@ -79,6 +79,6 @@ def _train(params, paths, world, device, started):
 
 def _describe(model, device, bf16, tf32, world, method, total_steps):
     trainable, total = count_parameters(model)
-    print(f"device {device} (bf16 {'on' if bf16 else 'off'}, TF32 {'on' if tf32 else 'off'}) x {world.size} "
+    print(f"device {device} ({torch_build()}; bf16 {'on' if bf16 else 'off'}, TF32 {'on' if tf32 else 'off'}) x {world.size} "
           f"process(es), method {method}: {trainable:,} of {total:,} parameters train "
           f"({100 * trainable / total:.2f}%), {total_steps} optimizer steps")

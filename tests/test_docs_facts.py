@@ -177,8 +177,9 @@ def test_the_install_page_names_every_extra():
 # --- numbers a reader can check ---------------------------------------------------------------------
 
 # A measured number: a decimal with two or more places (82.14, 0.0108), a ratio (1.59x, 4×), or a
-# decimal with a unit (96.3 s, 5.6 %). Not a version (2.13.0, transformers 4.57) nor a setting in code.
-MEASURED = re.compile(r"(?<![\w.])(?<!transformers )(?<!torch )(?:[-+±]?\d[\d,]*\.\d{2,}(?![\d.])"
+# decimal with a unit (96.3 s, 5.6 %). Not a version (2.13.0, transformers 4.57, Python 3.11, Ubuntu 20.04) nor a
+# setting in code.
+MEASURED = re.compile(r"(?<![\w.])(?<!transformers )(?<!torch )(?<!Python )(?<!Ubuntu )(?<!ships )(?:[-+±]?\d[\d,]*\.\d{2,}(?![\d.])"
                       r"|\d+(?:\.\d+)?[x×](?=[\s,.;)])|\d+\.\d+\s?(?:%|s\b|ms\b|min\b))")
 # What each such number needs, in its section or a section above it: the commit it was measured at, the
 # machine, and where it comes from (a `Source:` line, the command, in a block or a code span, or the page

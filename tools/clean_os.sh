@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # nerpipe on a clean Debian, as a new user gets it: a minbase root from debootstrap with only python3,
 # python3-venv, make and git; a fresh clone of this repository's HEAD; no pip configuration. In it:
-# `make setup`, the small CPU profile of `make repro` (README "A first run on a CPU") and `make test`.
+# `make setup`, the small CPU profile of `make repro` (the README's CPU profile) and `make test`.
 # Run as root on a Debian-like host:
 #
 #   tools/clean_os.sh RELEASE WORKDIR TORCH_WHEELS DATA MODEL [TORCH] | tee transcript.txt

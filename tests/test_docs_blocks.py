@@ -26,7 +26,7 @@ import docs_blocks  # noqa: E402  (tools/ is no package)
 BLOCKS = docs_blocks.all_blocks()
 RUN = [block for block in BLOCKS if block.marker != "not run"]
 # What the scratch repository needs beyond the pipeline PipelineRepo copies: make's targets, the benchmarks.
-EXTRA = ["Makefile", "pyproject.toml", "requirements.lock", "bench", "tools"]
+EXTRA = ["Makefile", "pyproject.toml", "requirements.lock", "requirements-torch.lock", "bench", "tools"]
 BLOCK_TIMEOUT_S = 600
 # `mlflow ui` starts four uvicorn workers: under a full load on two cores it took 160 s to answer.
 SERVER_START_S = 300
@@ -45,7 +45,7 @@ def scratch(tmp_path_factory, fixture_dir, fixture_sha256, tiny_model_dir):
     # The environment the tests run in is the scratch repository's .venv: older than what it was installed
     # from, so that `make` targets find it current and install nothing.
     (repo.root / ".venv").symlink_to(Path(sys.executable).parent.parent)
-    for name in ("pyproject.toml", "requirements.lock"):
+    for name in ("pyproject.toml", "requirements.lock", "requirements-torch.lock"):
         os.utime(repo.root / name, (0, 0))
     (repo.root / "news.txt").write_text("John Smith flew to Paris.\nReuters reported it.\n", encoding="utf-8")
     with (repo.root / ".gitignore").open("a") as ignore:

@@ -32,9 +32,12 @@ step() {  # step NAME COMMAND...: run, then print its seconds and exit status
 if [ ! -x "$root/usr/bin/python3" ]; then
     step debootstrap --variant=minbase --include=python3,python3-venv,make,git "$release" "$root" >/dev/null
 fi
+# The root a mount point of its own, as / is on a booted system: the team server's services get a mount
+# namespace (tools/team_server.py), which cannot make a chroot's plain directory private.
+mountpoint -q "$root" || mount --rbind "$root" "$root"
 mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
 mkdir -p "$root/dev/shm" && { mountpoint -q "$root/dev/shm" || mount -t tmpfs shm "$root/dev/shm"; }
-trap 'umount "$root/dev/shm" "$root/proc" 2>/dev/null || true' EXIT
+trap 'umount "$root/dev/shm" "$root/proc" 2>/dev/null; umount -R "$root" 2>/dev/null || true' EXIT
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 cp "$(python3 -c 'import pip._vendor.certifi as c; print(c.where())')" "$root/etc/host-ca.pem"
 # No service starts inside the root (apt installs PostgreSQL there; the tests start their own server).

@@ -35,6 +35,7 @@ import json
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -247,20 +248,33 @@ def _closed_to(path, account):
 
 
 def _as_service(command, account, staging=None):
-    """`command` run as the services' account (util-linux's setpriv: no supplementary groups). If this
-    Python lives where that account cannot go, the command gets a mount namespace of its own in which
-    that directory is an empty tmpfs with only the interpreter bound in (what systemd's ProtectHome=tmpfs
-    with BindReadOnlyPaths= does); `staging`, an empty directory, holds the binding meanwhile."""
+    """`command` run as the services' account (util-linux's setpriv: no supplementary groups). If what the
+    service reads from here (this Python's interpreter, its venv, tools/) lies where that account cannot go
+    (pyenv, or a clone, under a 0700 /root), the command gets a mount namespace of its own in which each such
+    directory above them is an empty tmpfs with only those paths bound in, read-only (what systemd's
+    ProtectHome=tmpfs with BindReadOnlyPaths= does); `staging`, an empty directory, holds the bindings
+    meanwhile."""
     if account is None:
         return command
     run = ["setpriv", f"--reuid={account[0]}", f"--regid={account[1]}", "--clear-groups", "--", *command]
-    interpreter = Path(sys.base_prefix).resolve()
-    closed = _closed_to(interpreter / "bin", account) if staging else None
-    if closed is None:
+    if staging is None:
         return run
-    script = ('umask 022 && mount --bind "$1" "$2" && mount -t tmpfs -o mode=0755 tmpfs "$3" && mkdir -p "$1" '
-              '&& mount --move "$2" "$1" && mount -o remount,bind,ro "$1" && shift 3 && exec "$@"')
-    return ["unshare", "--mount", "--", "sh", "-c", script, "sh", str(interpreter), str(staging), str(closed), *run]
+    needed = {}  # a path the service reads -> the closed directory above it
+    for path in sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), TOOLS}):
+        closed = _closed_to(path / "bin", account)
+        if closed is not None and not any(path.is_relative_to(kept) for kept in needed):
+            needed[path] = closed
+    if not needed:
+        return run
+    paths, closed = list(needed), sorted(set(needed.values()))
+    script = ["umask 022"]
+    q = shlex.quote
+    script += [f'mkdir -p "$1/{i}" && mount --bind {q(str(path))} "$1/{i}"' for i, path in enumerate(paths)]
+    script += [f"mount -t tmpfs -o mode=0755 tmpfs {q(str(directory))}" for directory in closed]
+    script += [f'mkdir -p {q(str(path))} && mount --move "$1/{i}" {q(str(path))} && mount -o remount,bind,ro {q(str(path))}'
+               for i, path in enumerate(paths)]
+    return ["unshare", "--mount", "--", "sh", "-c", " && ".join(script) + ' && shift && exec "$@"', "sh",
+            str(staging), *run]
 
 
 def _stat_fields(pid):
@@ -461,6 +475,7 @@ def _grpc_tls(conf, account):
 def start_s3(directory, state, account=None):
     home = _private_dir(Path(directory) / "s3", account)
     data, conf = _private_dir(home / "data", account), _private_dir(home / "conf", account)
+    staging = _private_dir(home / "interpreter", account)  # _as_service's bind point, empty
     log = Path(directory) / "logs" / "s3.log"
     config = Path(directory) / "s3-identities.json"
     _write_private(config, json.dumps(_s3_config(state), indent=2) + "\n", owner=account)
@@ -484,7 +499,7 @@ def start_s3(directory, state, account=None):
     # No AWS_* keys in its environment: `weed mini` would make them an admin identity beside the file's.
     env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "WEED_"))}
     env.update({**state["weed_jwt"], "HOME": str(home)})
-    record = _spawn(command, log, env, account, cwd=conf)
+    record = _spawn(command, log, env, account, cwd=conf, staging=staging)
     _wait(lambda: _s3_ready(state), record, "s3", log, [state["s3_port"]])
     return record
 

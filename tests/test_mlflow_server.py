@@ -20,18 +20,12 @@ from mlflow import MlflowClient
 from nerpipe.core.params import flatten, load_params, read_yaml
 from nerpipe.model.description import USAGE_KEYS
 from tests.pipeline_repo import PipelineRepo, tiny_overrides
-from tests.server_process import stop, wait_for
+from tests.server_process import free_port, stop, wait_for
 
 BIN = Path(sys.executable).parent
 TRAIN = ["python", "stages/train.py", "--data", "data/prepared", "--model-out", "data/model",
          "--checkpoints", "data/checkpoints", "--reports", "reports/train", "--timings", "reports/timings/train.json"]
 SENTENCE = "Peter Smith visited London on Monday ."
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(command, log, **kwargs):

@@ -152,7 +152,7 @@ def run_nerpipe(model_dir, data, *, lr, batch_size, epochs, seed, warmup_ratio, 
         load_before = loadavg()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         state = fit(model, train, RunContext(cfg, lr, pad_id, device, bf16, checkpoints, evaluate_dev,
-                                             target_dev_f1=target_f1))
+                                             stop_when=lambda scores: bool(target_f1) and scores["f1"] >= target_f1))
         fit_seconds = time.perf_counter() - wall0
         # The rest of the call besides dev evaluation is the steps, plus saving the best model once an epoch.
         train_cpu_seconds = time.process_time() - cpu0 - dev_cpu_seconds

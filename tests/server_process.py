@@ -8,7 +8,6 @@ models serve` (one request at a time) or `nerpipe serve` (mosec by default, or R
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import NamedTuple
 import requests
 
 from nerpipe.data.conll import read_conll
+from tools.team_server import free_port  # noqa: F401 (the one copy; the tests import it from here)
 
 BIN = Path(sys.executable).parent  # the venv: mlflow, uvicorn and nerpipe
 
@@ -27,12 +27,6 @@ def raw_texts(conll_file):
     """Each sentence of a CoNLL file as raw text, its words joined by single spaces: what the load benchmarks and
     the serving tests send."""
     return [" ".join(sentence.words) for sentence in read_conll(conll_file)]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server(NamedTuple):

@@ -33,3 +33,16 @@ def test_without_warm_up_patience_counts_from_the_first_evaluation(tiny_model_di
     state = fit_with_flat_dev_f1(tiny_model_dir, prepared, tmp_path / "ckpt", cfg)
     assert [e["step"] for e in state.dev_evals] == [3, 6, 9]
     assert (state.stopped_early, state.step) == (True, 9)
+
+
+def test_stop_when_ends_the_run_at_the_first_evaluation_it_accepts(tiny_model_dir, prepared, tmp_path):
+    # A time-to-accuracy target as bench/ sets one: dev F1 rises 0.1 an evaluation, the target is 0.3.
+    cfg = TrainParams(epochs=30, batch_size=4, warmup_ratio=0.0, patience=0, checkpoint_every=0, bf16="off")
+    model = load_for_training(str(tiny_model_dir), CONLL_LABELS, cfg.dropout, cfg.seed)
+    evals = iter(range(1, 100))
+    rising = lambda m: dict.fromkeys(("f1", "precision", "recall"), next(evals) / 10)  # noqa: E731
+    run = RunContext(cfg, 1e-3, 0, torch.device("cpu"), False, Checkpoints(tmp_path / "ckpt", "rising"), rising,
+                     stop_when=lambda scores: scores["f1"] >= 0.3)
+    state = fit(model, PreparedSplit(prepared, "train").examples, run)
+    assert [e["step"] for e in state.dev_evals] == [3, 6, 9]
+    assert (state.stopped_early, state.step, state.best_step) == (True, 9, 9)

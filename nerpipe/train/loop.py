@@ -64,6 +64,10 @@ def _ignore(*args):
     pass
 
 
+def _never(scores):
+    return False
+
+
 @dataclass
 class RunContext:
     """What `fit` needs besides the model and the training windows: the settings, where it runs, and
@@ -81,7 +85,7 @@ class RunContext:
     log_metrics: Callable = _ignore  # ({name: value}, step) -> None
     world: World = World()  # the processes training together (distributed.py); one by default
     log_every: int = LOG_EVERY  # optimizer steps between loss/lr rows
-    target_dev_f1: float = 0.0  # stop at the first dev evaluation whose F1 reaches it (0: never); bench/ sets it
+    stop_when: Callable = _never  # dev scores -> True to stop now (a time-to-accuracy target, say)
 
     @property
     def is_main_process(self):
@@ -431,7 +435,7 @@ def _evaluate(model, state, epoch, run, warmup_steps=0):
                             "dev_recall": scores["recall"]})
     _on_main(run, run.log_metrics, {"dev_f1": scores["f1"], "dev_precision": scores["precision"],
                                     "dev_recall": scores["recall"]}, state.step)
-    if run.target_dev_f1 and scores["f1"] >= run.target_dev_f1:  # time-to-accuracy: the target is reached
+    if run.stop_when(scores):
         state.stopped_early = True
     if scores["f1"] > state.best_dev_f1:
         state.best_dev_f1, state.best_step, state.evals_since_best = scores["f1"], state.step, 0

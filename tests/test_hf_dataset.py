@@ -17,6 +17,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
 from nerpipe.core.errors import UserError
@@ -24,6 +25,7 @@ from nerpipe.core.params import DataParams, DatasetParams, parse_params
 from nerpipe.data.conll import read_conll
 from nerpipe.data.hf_dataset import fetch_dataset, is_dataset_source
 from nerpipe.data.prepare import prepare_corpus, read_corpus
+from nerpipe.track.provenance import provenance_tags
 from nerpipe.core.params import PrepareParams
 from tests.pipeline_repo import PROJECT
 
@@ -347,3 +349,13 @@ def test_a_loading_script_is_refused(tmp_path):
     assert str(err.value) == (f"data.source {tmp_path / 'scripted'}: Dataset scripts are no longer supported, but "
                               "found scripted.py; use a copy of the dataset as data files (parquet, or save_to_disk "
                               "where the script still runs)")
+
+
+def test_a_hub_sources_repository_and_revision_are_training_tags(tmp_path):
+    hub = {"repository": "someone/ner", "revision": "a" * 40, "split": "validation",
+           "files": {"data/validation.parquet": "b" * 64}, "sha256": "c" * 64}
+    (tmp_path / "stats.json").write_text(json.dumps({"sources": {"valid": hub}}))
+    tags = provenance_tags(torch.device("cpu"), tmp_path / "stats.json")
+    assert {k: v for k, v in tags.items() if k.startswith("data.")} == {
+        "data.repository.valid": "someone/ner", "data.revision.valid": "a" * 40,
+        "data.split.valid": "validation", "data.sha256.valid": "c" * 64}

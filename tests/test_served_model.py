@@ -89,7 +89,7 @@ def test_logged_model_holds_code_save_pretrained_settings_and_entity_signature(l
     # The model ships what prediction runs and nothing else: pyfunc_model.py and the package files it can
     # import (at any depth, and every fine-tuning method, chosen by name at run time), found from the
     # source as tests/test_code_deps.py finds a stage's deps. No training, tracking, report, bench- or
-    # test-only code (nerpipe/predict/server_process.py, while it is still in the package, is one such).
+    # test-only code.
     shipped = {str(p.relative_to(local / "code")) for p in (local / "code").rglob("*")
                if p.is_file() and "__pycache__" not in p.parts}
     script = PROJECT / "nerpipe/predict/pyfunc_model.py"

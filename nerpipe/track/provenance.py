@@ -18,8 +18,10 @@ def provenance_tags(device, stats_file):
     sources = json.loads(Path(stats_file).read_text())["sources"]
     tags = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             **{f"version.{p}": version(p) for p in ("torch", "transformers", "dvc", "mlflow")},
-            **{f"data.sha256.{split}": source["sha256"] for split, source in sources.items()},
-            **{f"data.file.{split}": source["file"] for split, source in sources.items() if "file" in source}}
+            # sha256 and the file or URL of a file source; repository, revision (or directory) and split of a
+            # Hugging Face dataset (its per-file hashes stay in stats.json)
+            **{f"data.{key}.{split}": value for split, source in sources.items() for key, value in source.items()
+               if isinstance(value, str)}}
     for variable, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]

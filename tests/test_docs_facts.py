@@ -263,9 +263,7 @@ def unreadable_sources(text):
     return [p.splitlines()[0] for p in paragraphs if UNCOMMITTED.search(p) and not SAYS_GONE.search(p)]
 
 
-SOURCES_NOT_YET = {"results.md": "being rewritten with the statistics; its sources are MLflow runs of databases that are gone",
-                   "serving.md": "being rewritten with the batched server; its load numbers came from a git-ignored bench/results file",
-                   "BENCHMARKS.md": "its serving section, being rewritten with the batched server, as serving.md"}
+SOURCES_NOT_YET = {"results.md": "being rewritten with the statistics; its sources are MLflow runs of databases that are gone"}
 
 
 @pytest.mark.parametrize("page", checked_pages(SOURCES_NOT_YET))

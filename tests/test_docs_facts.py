@@ -220,20 +220,10 @@ def unchecked_numbers(text):
     return out
 
 
-CHECKED = [p for p in PAGES if p.parent.name != "reference"]
-# Pages that others are rewriting while this check is new: each must still fail (strict), so that the
-# entry goes when the page is fixed.
-NOT_YET = {}
+CHECKED = [pytest.param(p, id=p.relative_to(ROOT).as_posix()) for p in PAGES if p.parent.name != "reference"]
 
 
-def checked_pages(pending):
-    """CHECKED as pytest params, each page in `pending` expected to fail (strict: it must fail)."""
-    return [pytest.param(p, id=p.relative_to(ROOT).as_posix(),
-                         marks=[pytest.mark.xfail(strict=True, reason=pending[p.name])] if p.name in pending else [])
-            for p in CHECKED]
-
-
-@pytest.mark.parametrize("page", checked_pages(NOT_YET))
+@pytest.mark.parametrize("page", CHECKED)
 def test_every_number_names_its_commit_machine_and_source(page):
     assert unchecked_numbers(page.read_text(encoding="utf-8")) == []
 
@@ -263,10 +253,7 @@ def unreadable_sources(text):
     return [p.splitlines()[0] for p in paragraphs if UNCOMMITTED.search(p) and not SAYS_GONE.search(p)]
 
 
-SOURCES_NOT_YET = {"results.md": "being rewritten with the statistics; its sources are MLflow runs of databases that are gone"}
-
-
-@pytest.mark.parametrize("page", checked_pages(SOURCES_NOT_YET))
+@pytest.mark.parametrize("page", CHECKED)
 def test_every_source_is_one_a_reader_has(page):
     assert unreadable_sources(page.read_text(encoding="utf-8")) == []
 

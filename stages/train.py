@@ -9,6 +9,7 @@ writing one. Records the run to MLflow. The work is nerpipe/train/run.py's.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from nerpipe.core.errors import Interrupted, exit_on_user_error
@@ -27,6 +28,7 @@ def main():
                         "given)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # the device line and the time left as they come, piped too
     with exit_on_user_error():
         state = train_model(load_params(args.params), TrainPaths(args.data, args.model_out, args.checkpoints,
                                                                  args.reports, args.timings))

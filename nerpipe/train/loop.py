@@ -9,6 +9,7 @@ speed (BENCHMARKS.md).
 import dataclasses
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -66,6 +67,13 @@ def _ignore(*args):
 
 def _never(scores):
     return False
+
+
+def say(message):
+    """A line above the progress bar, on stdout at once: through a pipe (`make repro | tee`, CI) stdout is
+    block-buffered, and the time left would otherwise arrive when the run has ended."""
+    tqdm.write(message)
+    sys.stdout.flush()
 
 
 @dataclass
@@ -341,7 +349,7 @@ def fit(model, train, run):
                 bar.update(1)
                 if state.step == estimate_at and state.step < total_steps:
                     seconds = time.perf_counter() - loop_started - (state.eval_seconds - eval_before)
-                    _on_main(run, tqdm.write, time_left(seconds, ESTIMATE_AFTER, total_steps - state.step))
+                    _on_main(run, say, time_left(seconds, ESTIMATE_AFTER, total_steps - state.step))
                 bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}" if state.history else "-",
                                 lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                 dev_f1=f"{state.best_dev_f1:.4f}" if state.dev_evals else "-")
@@ -444,7 +452,7 @@ def _evaluate(model, state, epoch, run, warmup_steps=0):
         state.evals_since_best += 1
         if run.cfg.patience and state.evals_since_best >= run.cfg.patience:
             state.stopped_early = True
-            _on_main(run, tqdm.write, f"early stopping at step {state.step}: dev F1 has not improved for "
+            _on_main(run, say, f"early stopping at step {state.step}: dev F1 has not improved for "
                      f"{run.cfg.patience} evaluations (best {state.best_dev_f1:.4f} at step {state.best_step})")
 
 

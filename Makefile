@@ -22,7 +22,7 @@ TORCH ?= $(or $(patsubst $(VENV)/.torch-%,%,$(firstword $(wildcard $(VENV)/.torc
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_BUILD := $(if $(filter Darwin,$(shell uname -s)),macos,$(TORCH))
 
-.PHONY: setup lock lock-check docs repro test bench serve serve-bench gpu-payload lint postgres nginx pr-profile pr-report compare tracking-server tracking-server-stop tracking-server-rotate tracking-user clean
+.PHONY: setup lock lock-check docs repro test bench serve serve-bench gpu-payload lint postgres nginx compiler pr-profile pr-report compare tracking-server tracking-server-stop tracking-server-rotate tracking-user clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -136,7 +136,16 @@ nginx:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || \
 	  echo "nginx is not installed (apt-get install nginx): the TLS proxy test will skip" >&2
 
-test: setup lint postgres nginx
+# A C++ compiler and the Python headers, for torch.compile (bench/step_speed.py's compiled variants, which
+# tests/test_bench.py runs): a minimal Debian has neither. As postgres; without them those tests fail.
+compiler: setup
+	@{ command -v g++ >/dev/null && $(BIN)/python -c "import pathlib, sys, sysconfig; \
+	    sys.exit(not pathlib.Path(sysconfig.get_path('include'), 'Python.h').is_file())"; } || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ python3-dev >/dev/null; } || \
+	  echo "torch.compile needs a C++ compiler and Python's headers (apt-get install g++ python3-dev): tests/test_bench.py's compiled variants will fail" >&2
+
+test: setup lint postgres nginx compiler
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --dist loadfile
 
 # The quick speed comparison with the Hugging Face Trainer (bench/README.md); its Trainer rows need the

@@ -145,15 +145,18 @@ def test_another_local_user_cannot_reach_storage_without_keys(team):
     assert answers == {"filer-put": "404", "filer-get": "404", "master-col-delete": "404"}, answers
     # gRPC: SeaweedFS's own shell, as nobody, with the ports it reads off the command line. Without the
     # certificate it gets no connection, and keeps trying: 10 s show it.
+    # Its own session, so that the whole group goes at the end: killing runuser alone left `weed shell` running.
+    shell = subprocess.Popen(
+        ["runuser", "-u", "nobody", "--", team_server._weed(), "shell",
+         f"-master=127.0.0.1:{ports['master.port']}.{ports['master.port.grpc']}",
+         f"-filer=127.0.0.1:{ports['filer.port']}.{ports['filer.port.grpc']}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+        start_new_session=True)
     try:
-        shell = subprocess.run(
-            ["runuser", "-u", "nobody", "--", team_server._weed(), "shell",
-             f"-master=127.0.0.1:{ports['master.port']}.{ports['master.port.grpc']}",
-             f"-filer=127.0.0.1:{ports['filer.port']}.{ports['filer.port.grpc']}"],
-            input="fs.cat /buckets/dvc/attack/MLmodel\n", capture_output=True, text=True, timeout=10, cwd="/")
-        heard = shell.stdout
-    except subprocess.TimeoutExpired as err:
-        heard = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout or ""
+        heard, _ = shell.communicate("fs.cat /buckets/dvc/attack/MLmodel\n", timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(shell.pid, signal.SIGKILL)
+        heard, _ = shell.communicate()
     assert "data" not in heard, heard
     assert mlflow_s3.get_object(Bucket="mlflow", Key="attack/MLmodel")["Body"].read() == b"flavors: {}"
     assert dvc_s3.get_object(Bucket="dvc", Key="attack/MLmodel")["Body"].read() == b"data"

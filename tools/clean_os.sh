@@ -63,4 +63,4 @@ step inside ".venv/bin/dvc repro --force check_params 2>&1 | tail -3"
 # which the tests (params.yaml's shipped values, the docs' blocks) must not see. The whole output stays in the
 # root (/root/make-test.log), to follow while it runs.
 git clone -q --no-local "$repo" "$root/root/nerpipe-test" && git -C "$root/root/nerpipe-test" checkout -q "$commit"
-step inside "cd /root/nerpipe-test && make test 2>&1 | tee /root/make-test.log | tail -15"
+step inside "cd /root/nerpipe-test && make test TORCH=$torch 2>&1 | tee /root/make-test.log | tail -15"

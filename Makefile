@@ -137,13 +137,14 @@ nginx:
 	  echo "nginx is not installed (apt-get install nginx): the TLS proxy test will skip" >&2
 
 # A C++ compiler and the Python headers, for torch.compile (bench/step_speed.py's compiled variants, which
-# tests/test_bench.py runs): a minimal Debian has neither. As postgres; without them those tests fail.
+# tests/test_bench.py runs), and curl, which the docs' blocks run: a minimal Debian has none of them. As
+# postgres; without them those tests fail.
 compiler: setup
-	@{ command -v g++ >/dev/null && $(BIN)/python -c "import pathlib, sys, sysconfig; \
+	@{ command -v g++ >/dev/null && command -v curl >/dev/null && $(BIN)/python -c "import pathlib, sys, sysconfig; \
 	    sys.exit(not pathlib.Path(sysconfig.get_path('include'), 'Python.h').is_file())"; } || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ python3-dev >/dev/null; } || \
-	  echo "torch.compile needs a C++ compiler and Python's headers (apt-get install g++ python3-dev): tests/test_bench.py's compiled variants will fail" >&2
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ python3-dev curl >/dev/null; } || \
+	  echo "the tests need g++ and Python's headers (torch.compile) and curl (the docs' blocks): apt-get install g++ python3-dev curl" >&2
 
 test: setup lint postgres nginx compiler
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --dist loadfile

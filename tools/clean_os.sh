@@ -39,6 +39,9 @@ mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
 mkdir -p "$root/dev/shm" && { mountpoint -q "$root/dev/shm" || mount -t tmpfs shm "$root/dev/shm"; }
 trap 'umount "$root/dev/shm" "$root/proc" 2>/dev/null; umount -R "$root" 2>/dev/null || true' EXIT
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The machine's name resolves inside, as Debian's installer makes it (127.0.1.1): debootstrap's /etc/hosts lacks
+# it, and torch.distributed's rendezvous (tests/test_distributed.py) looks it up, waiting on DNS until it times out.
+grep -qw "$(hostname)" "$root/etc/hosts" || printf '127.0.1.1\t%s\n' "$(hostname)" >> "$root/etc/hosts"
 cp "$(python3 -c 'import pip._vendor.certifi as c; print(c.where())')" "$root/etc/host-ca.pem"
 # No service starts inside the root (apt installs PostgreSQL there; the tests start their own server).
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d" && chmod +x "$root/usr/sbin/policy-rc.d"
